@@ -1,0 +1,154 @@
+"""Options and parameter types shared by the commands.
+
+Only Click is imported here: nothing from ``nlattn`` (which imports Numba), so that building the
+command tree costs nothing.
+"""
+
+from __future__ import annotations
+
+import click
+
+#: Every method named in design §4; which ones exist is checked against
+#: ``nlattn.DENOISE_METHODS`` when a command runs.
+DENOISE_METHOD_NAMES = ("nlm", "scram", "exact", "scatterbrain", "fast", "efficient")
+
+
+class ParameterError(click.ClickException):
+    """A bad parameter value found after parsing (by the library's checks): one line, exit 2."""
+
+    exit_code = 2
+
+
+class SigmaType(click.ParamType):
+    """``auto`` or a float >= 0 (noise standard deviation in the image's units)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not number >= 0 or number == float("inf"):
+            self.fail(f"{value!r} must be 'auto' or a finite number >= 0", param, ctx)
+        return number
+
+
+SIGMA = SigmaType()
+
+
+def threads_option(func):
+    """``--threads T``: Numba threads per image (default: all, shared among ``-j`` workers)."""
+    return click.option(
+        "--threads",
+        "n_threads",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="T",
+        help="Numba threads per image [default: all cores, divided among the -j workers].",
+    )(func)
+
+
+def seed_option(func):
+    """``--seed S``: seed of the counter-based random numbers (same seed, same output)."""
+    return click.option(
+        "--seed",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="S",
+        help="Random seed (randomised methods; same seed gives the same output).",
+    )(func)
+
+
+def json_option(func):
+    """``--json``: machine-readable records on stdout, one JSON object a line."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print one JSON record per result on stdout (one line each).",
+    )(func)
+
+
+def verbose_option(func):
+    """``-v/--verbose``."""
+    return click.option(
+        "-v", "--verbose", is_flag=True, help="Say more (one line per file with sigma and time)."
+    )(func)
+
+
+def quiet_option(func):
+    """``-q/--quiet``."""
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="Print nothing but errors (and --json records)."
+    )(func)
+
+
+def method_option(func):
+    """``--method``: the denoising method (choices from design §4)."""
+    return click.option(
+        "--method",
+        type=click.Choice(DENOISE_METHOD_NAMES),
+        default="nlm",
+        show_default=True,
+        help="Denoising method (see `nlattn methods` for those available).",
+    )(func)
+
+
+def denoise_parameter_options(func):
+    """``--sigma --h --patch-radius --search-radius -k --aggregation`` (nl_means parameters)."""
+    options = [
+        click.option(
+            "--sigma",
+            type=SIGMA,
+            default=None,
+            help="Noise standard deviation in the image's units (grey levels for 8-bit), "
+            "or 'auto' to estimate it per image [default: auto].",
+        ),
+        click.option(
+            "--h",
+            "h",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            metavar="N",
+            help="Filter strength in the image's units [default: preset from sigma].",
+        ),
+        click.option(
+            "--patch-radius",
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="R",
+            help="Patch radius (patch 2R+1 wide) [default: preset from sigma].",
+        ),
+        click.option(
+            "--search-radius",
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="R",
+            help="Search window radius (window 2R+1 wide) [default: preset from sigma].",
+        ),
+        click.option(
+            "-k",
+            "k",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="K",
+            help="Neighbours per pixel (kNN methods) [default: method's preset].",
+        ),
+        click.option(
+            "--aggregation",
+            type=click.Choice(("patch", "pixel")),
+            default="patch",
+            show_default=True,
+            help="patch: average the whole weighted patches; pixel: centre pixels only.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

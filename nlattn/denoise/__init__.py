@@ -1,0 +1,178 @@
+"""Non-local means denoising: the public entry points.
+
+:func:`nl_means` is nlattn's denoiser (windowed NLM with patch-wise aggregation and presets from
+the noise level); :func:`denoise_nl_means` is a faster drop-in for scikit-image's function of the
+same name; :func:`estimate_sigma` measures the noise for ``sigma=None``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from nlattn._validate import (
+    check_choice,
+    check_float,
+    check_image,
+    check_int,
+    check_n_threads,
+    check_seed,
+    numba_threads,
+)
+from nlattn.denoise.noise import estimate_sigma
+from nlattn.denoise.presets import nlm_preset
+from nlattn.denoise.skimage_compat import denoise_nl_means
+
+
+class MethodInfo(NamedTuple):
+    """What a method is, what it costs and which parameters it takes."""
+
+    name: str
+    description: str
+    complexity: str
+    parameters: tuple[str, ...]
+
+
+DENOISE_METHODS: dict[str, MethodInfo] = {
+    "nlm": MethodInfo(
+        "nlm",
+        "Windowed non-local means (Buades 2005): exact weights over a (2s+1)^2 search window, "
+        "sigma-aware patch distance, patch-wise (default) or pixel-wise aggregation.",
+        "O(n s^2) time (patch size free: box sums), O(n) memory",
+        ("sigma", "h", "patch_radius", "search_radius", "aggregation"),
+    ),
+}
+
+AGGREGATIONS = ("patch", "pixel")
+
+
+def data_range(image: np.ndarray) -> float:
+    """Nominal range of an image's values: the integer dtype's maximum, else 1 or 255.
+
+    Float images are taken to be in [0, 1] when every value lies within [-1, 2] (noise may push
+    a [0, 1] image slightly outside it), else in [0, 255].
+    """
+    if np.issubdtype(image.dtype, np.integer):
+        return float(np.iinfo(image.dtype).max)
+    lo, hi = float(image.min()), float(image.max())
+    return 1.0 if (lo >= -1.0 and hi <= 2.0) else 255.0
+
+
+def _to_planar(image: np.ndarray) -> np.ndarray:
+    planar = image[None, :, :] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    return np.ascontiguousarray(planar, dtype=np.float32)
+
+
+def _from_planar(planar: np.ndarray, like: np.ndarray) -> np.ndarray:
+    out = planar[0] if like.ndim == 2 else np.moveaxis(planar, 0, -1)
+    if np.issubdtype(like.dtype, np.integer):
+        info = np.iinfo(like.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return np.ascontiguousarray(out, dtype=like.dtype)
+
+
+def nl_means(
+    image: np.ndarray,
+    method: str = "nlm",
+    *,
+    sigma: float | None = None,
+    h: float | None = None,
+    patch_radius: int | None = None,
+    search_radius: int | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    aggregation: str = "patch",
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """Denoise an image with non-local means.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Grey or colour (any number of channels, denoised jointly: one weight per pixel pair)
+        image of any integer or float dtype.
+    method : {"nlm"}
+        The denoiser; see :data:`nlattn.DENOISE_METHODS`.
+    sigma : float, optional
+        Standard deviation of the noise in the image's units (grey levels for 8-bit images).
+        ``None`` estimates it with :func:`estimate_sigma`.  Patch distances below ``2 sigma**2``
+        (what pure noise produces) count as 0.
+    h : float, optional
+        Filter strength (> 0), in the image's units: weights are
+        ``exp(-max(d2 - 2 sigma**2, 0) / h**2)`` with ``d2`` the mean squared difference of two
+        patches.  ``None``: the preset's ``h / sigma`` ratio (0.3-0.55) times ``sigma``.
+    patch_radius, search_radius : int, optional
+        Patches are ``(2 patch_radius + 1)**2`` pixels, the search window
+        ``(2 search_radius + 1)**2``.  ``None``: from the preset for ``sigma``.
+    k : int, optional
+        Number of neighbours for kNN-based methods; windowed NLM takes none (must be None).
+    seed : int
+        Seed of randomised methods (windowed NLM is deterministic and ignores it).
+    aggregation : {"patch", "pixel"}
+        ``"patch"`` (default) averages every patch's estimate back into all its pixels (IPOL),
+        ``"pixel"`` keeps only the centre's estimate (classic NLM, faster).
+    n_threads : int, optional
+        Numba threads to use (default: all).
+
+    Returns
+    -------
+    ndarray
+        The denoised image, of the input's shape and dtype (integers rounded and clipped).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On an invalid image or parameter (the message names it and its valid range).
+
+    Notes
+    -----
+    Time O(n (2s+1)^2 / 2) for n pixels and any patch size (box sums over the squared-difference
+    image of each offset; each symmetric pair of offsets is computed once), about twice that for
+    patch-wise aggregation; memory O(n).  Presets: ``nlattn.denoise.presets``; sigma is mapped to
+    8-bit grey levels through :func:`data_range` to pick one.  With ``sigma == 0`` and ``h`` not
+    given there is nothing to remove and a copy of the image is returned.  The result is
+    identical at any thread count.
+
+    References
+    ----------
+    A. Buades, B. Coll, J.-M. Morel, "A non-local algorithm for image denoising", CVPR 2005.
+    A. Buades, B. Coll, J.-M. Morel, "Non-Local Means Denoising", Image Processing On Line 1,
+    2011 (patch-wise aggregation, the sigma-aware distance and the parameter table).
+    J. Darbon et al., "Fast nonlocal filtering applied to electron cryomicroscopy", ISBI 2008
+    (the shift-outer algorithm).
+    """
+    image = check_image("image", image)
+    check_choice("method", method, DENOISE_METHODS)
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_seed(seed)
+    n_threads = check_n_threads(n_threads)
+    if k is not None:
+        raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
+    if sigma is None:
+        sigma = estimate_sigma(image)
+    sigma = check_float("sigma", sigma, minimum=0.0)
+    n_channels = 1 if image.ndim == 2 else image.shape[2]
+    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
+    if patch_radius is None:
+        patch_radius = preset.patch_radius
+    if search_radius is None:
+        search_radius = preset.search_radius
+    patch_radius = check_int("patch_radius", patch_radius, minimum=0, maximum=64)
+    search_radius = check_int("search_radius", search_radius, minimum=0, maximum=256)
+    if h is None:
+        h = preset.h_over_sigma * sigma
+        if h == 0.0:
+            return image.copy()
+    h = check_float("h", h, minimum=0.0, strict_minimum=True)
+
+    from nlattn.denoise.nlm import nlm_windowed
+
+    with numba_threads(n_threads):
+        planar = nlm_windowed(_to_planar(image), patch_radius, search_radius, h, sigma,
+                              aggregation)
+    return _from_planar(planar, image)
+
+
+__all__ = ["DENOISE_METHODS", "MethodInfo", "data_range", "denoise_nl_means", "estimate_sigma",
+           "nl_means"]
