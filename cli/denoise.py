@@ -9,7 +9,6 @@ import time
 
 import click
 from click.core import ParameterSource
-
 from nlattn_cli.options import (
     ParameterError,
     denoise_parameter_options,
@@ -350,9 +349,7 @@ def _run_demo(
 
     clean = data.camera()
     rng = np.random.default_rng(params["seed"])
-    noisy = (clean.astype(np.float64) + rng.normal(0.0, DEMO_SIGMA, clean.shape)).astype(
-        np.float32
-    )
+    noisy = (clean.astype(np.float64) + rng.normal(0.0, DEMO_SIGMA, clean.shape)).astype(np.float32)
     sigma = params["sigma"]
     if sigma is None:  # --sigma auto
         sigma = float(nlattn.estimate_sigma(noisy))

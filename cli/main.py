@@ -7,7 +7,6 @@ and each command imports the library inside its function.
 from __future__ import annotations
 
 import click
-
 from nlattn_cli.denoise import denoise
 from nlattn_cli.methods import methods
 from nlattn_cli.warmup import warmup

@@ -123,11 +123,19 @@ def _real(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
-def _inside(path: str, folder_real: str | None) -> bool:
+def _inside(real: str, folder_real: str | None) -> bool:
+    """Whether the resolved path ``real`` is ``folder_real`` or lies below it."""
     if folder_real is None:
         return False
-    real = _real(path)
     return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading components without wildcards."""
+    base = pattern
+    while glob.has_magic(base):
+        base = os.path.dirname(base)
+    return base or os.curdir
 
 
 def collect_inputs(
@@ -166,44 +174,49 @@ def collect_inputs(
     -----
     Files named directly are always taken.  Files found in folders or matched by patterns are
     taken when their extension is one of :data:`nlattn.io.IMAGE_EXTENSIONS`, except the tool's
-    own outputs: files whose stem ends with ``suffix`` (when it is not empty) and anything inside
-    ``output_dir``.  Jobs whose output would overwrite an input or another job's output get an
-    error (see :func:`check_jobs`).  Cost: one directory listing per folder visited.
+    own outputs: files whose stem ends with ``suffix`` (when it is not empty), and anything in
+    ``output_dir`` when that folder lies below the folder being scanned (when it is the scanned
+    folder itself, as in ``nlattn denoise . -o .``, the suffix alone tells outputs apart).
+    Jobs whose output would overwrite an input or another job's output get an error (see
+    :func:`check_jobs`).  Cost: one directory listing per folder visited.
     """
     extensions = _image_extensions()
     out_real = _real(output_dir) if output_dir is not None else None
     jobs: list[Job] = []
     warnings: list[str] = []
 
-    def own_output(path: str) -> bool:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        return (bool(suffix) and stem.endswith(suffix)) or _inside(path, out_real)
+    def excluded_below(root: str) -> str | None:
+        # The output folder is left out of a scan only when it lies strictly below the scanned
+        # folder: when it *is* that folder (``nlattn denoise . -o .``) or above it, outputs are
+        # recognised by their suffix alone.
+        if out_real is None:
+            return None
+        return out_real if _inside(out_real, _real(root)) and out_real != _real(root) else None
 
     def add(path: str, relative: str) -> None:
         jobs.append(
             Job(path, output_path(path, relative, output_dir=output_dir, suffix=suffix), relative)
         )
 
-    def add_found_file(path: str, relative: str) -> None:
-        if own_output(path):
-            return
+    def add_found_file(path: str, relative: str, skip_dir: str | None) -> None:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if (suffix and stem.endswith(suffix)) or _inside(_real(path), skip_dir):
+            return  # the tool's own output
         if not _is_image_name(path, extensions):
             warnings.append(f"skipping {path}: not an image file")
             return
         add(path, relative)
 
     def add_folder(folder: str) -> None:
-        if _inside(folder, out_real):
-            warnings.append(f"skipping {folder}: it is inside the output folder")
-            return
+        skip_dir = excluded_below(folder)
         if recursive:
             for root, dirs, files in os.walk(folder):
                 dirs.sort()
-                # never descend into the output folder
-                dirs[:] = [d for d in dirs if not _inside(os.path.join(root, d), out_real)]
+                dirs[:] = [d for d in dirs if not _inside(_real(os.path.join(root, d)), skip_dir)]
                 for name in sorted(files):
                     path = os.path.join(root, name)
-                    add_found_file(path, os.path.relpath(path, folder).replace(os.sep, "/"))
+                    relative = os.path.relpath(path, folder).replace(os.sep, "/")
+                    add_found_file(path, relative, skip_dir)
             return
         try:
             names = sorted(os.listdir(folder))
@@ -213,10 +226,10 @@ def collect_inputs(
         for name in names:
             path = os.path.join(folder, name)
             if os.path.isdir(path):
-                if not _inside(path, out_real):
+                if not _inside(_real(path), skip_dir):
                     warnings.append(f"skipping folder {path} (use --recursive to enter it)")
                 continue
-            add_found_file(path, name)
+            add_found_file(path, name, skip_dir)
 
     for item in inputs:
         item = os.fspath(item)
@@ -227,18 +240,20 @@ def collect_inputs(
                 add(item, os.path.basename(item))
             else:
                 shown = ", ".join(sorted(extensions))
-                jobs.append(
-                    Job(item, "", os.path.basename(item), f"not an image file (extensions: {shown})")
-                )
+                reason = f"not an image file (extensions: {shown})"
+                jobs.append(Job(item, "", os.path.basename(item), reason))
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=recursive))
             if not matches:
                 jobs.append(Job(item, "", item, "no file matches this pattern"))
+            skip_dir = excluded_below(_glob_base(item))
             for match in matches:
+                if _inside(_real(match), skip_dir):
+                    continue
                 if os.path.isdir(match):
                     add_folder(match)
                 else:
-                    add_found_file(match, os.path.basename(match))
+                    add_found_file(match, os.path.basename(match), skip_dir)
         elif os.path.exists(item):
             jobs.append(Job(item, "", os.path.basename(item), "not a regular file or folder"))
         else:
@@ -583,9 +598,8 @@ def iter_records(
                 except Exception as exc:  # a worker died (killed, out of memory)
                     record = _record(jobs[i], params, error=f"worker failed: {_one_line(exc)}")
                 yield i, record
-        except BaseException:
-            for future in futures:
-                future.cancel()
+        except BaseException:  # interrupted, or the consumer stopped early: drop queued jobs
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 

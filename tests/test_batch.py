@@ -40,7 +40,7 @@ def noisy_image(seed: int = 0, shape=(20, 24)) -> np.ndarray:
 
 def save(path, image=None, seed: int = 0) -> str:
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     Image.fromarray(noisy_image(seed) if image is None else image).save(path)
     return path
 
@@ -131,8 +131,32 @@ def test_collect_never_picks_own_outputs(tmp_path):
     jobs, _ = collect_inputs([str(tmp_path / "*.png")], output_dir=None, suffix="_denoised")
     assert [job.relative for job in jobs] == ["a.png"]
     # but a file named explicitly is taken
-    jobs, _ = collect_inputs([str(tmp_path / "a_denoised.png")], output_dir=None, suffix="_denoised")
+    jobs, _ = collect_inputs(
+        [str(tmp_path / "a_denoised.png")], output_dir=None, suffix="_denoised"
+    )
     assert [os.path.basename(job.output) for job in jobs] == ["a_denoised_denoised.png"]
+
+
+def test_collect_output_dir_same_as_input_folder(tmp_path, monkeypatch):
+    # `nlattn denoise photos -o photos` and `nlattn denoise '*.png' -o .`: the output folder is
+    # the scanned folder itself, so only the suffix tells outputs apart
+    save(tmp_path / "a.png")
+    save(tmp_path / "a_d.png")
+    save(tmp_path / "s" / "b.png")
+    for recursive in (False, True):
+        jobs, _ = collect_inputs(
+            [str(tmp_path)], recursive=recursive, output_dir=str(tmp_path), suffix="_d"
+        )
+        expected = ["a.png", "s/b.png"] if recursive else ["a.png"]
+        assert [job.relative for job in jobs] == expected
+        assert all(job.error is None for job in jobs)
+        assert jobs[0].output == os.path.join(str(tmp_path), "a_d.png")
+    monkeypatch.chdir(tmp_path)
+    jobs, _ = collect_inputs(["*.png"], output_dir=".", suffix="_d")
+    assert [(job.input, job.output) for job in jobs] == [("a.png", os.path.join(".", "a_d.png"))]
+    # an output folder above the scanned one does not hide it either
+    jobs, _ = collect_inputs(["s"], output_dir=".", suffix="_d")
+    assert [job.input for job in jobs] == [os.path.join("s", "b.png")]
 
 
 def test_collect_globs(tmp_path):

@@ -45,6 +45,10 @@ def strip_rows(patch_radius: int, search_radius: int) -> int:
     return max(STRIP_ROWS, patch_radius + search_radius)
 
 
+# Inner loops index views with their own loop variable only: an index like ``x0 + c`` makes Numba
+# emit a negative-index wraparound check that stops LLVM from vectorising the loop.
+
+
 @jit
 def _offset_weights(
     padded, pad, f, dy, dx, ra, rb, height, width, norm, two_sigma2, inv_h2, g0, gc0, sq, vs, out_w
@@ -57,48 +61,75 @@ def _offset_weights(
     ``width + 2f`` columns; ``norm``, ``two_sigma2`` and ``inv_h2`` are float32.
     """
     n_ch = padded.shape[0]
-    out_w[:, :] = 0.0
     ra = max(ra, 0)
     rb = min(rb, height - dy)
     c_lo = max(0, -dx)
     c_hi = min(width, width - dx)
     if ra >= rb or c_lo >= c_hi:
+        out_w[:, :] = 0.0
         return
+    # zero what is not written below
+    out_w[: ra - g0, :] = 0.0
+    out_w[rb - g0 :, :] = 0.0
+    out_w[ra - g0 : rb - g0, : c_lo - gc0] = 0.0
+    out_w[ra - g0 : rb - g0, c_hi - gc0 :] = 0.0
     n_rows = rb - ra + 2 * f
     n_cols = c_hi - c_lo + 2 * f
     x0 = c_lo - f + pad
     for rr in range(n_rows):
         y = ra - f + rr + pad
-        row = sq[rr]
+        row = sq[rr, :n_cols]
+        a = padded[0, y, x0 : x0 + n_cols]
+        b = padded[0, y + dy, x0 + dx : x0 + dx + n_cols]
         for cc in range(n_cols):
-            row[cc] = 0.0
-        for ch in range(n_ch):
-            a = padded[ch, y]
-            b = padded[ch, y + dy]
+            d = a[cc] - b[cc]
+            row[cc] = d * d
+        for ch in range(1, n_ch):
+            a = padded[ch, y, x0 : x0 + n_cols]
+            b = padded[ch, y + dy, x0 + dx : x0 + dx + n_cols]
             for cc in range(n_cols):
-                d = a[x0 + cc] - b[x0 + cc + dx]
+                d = a[cc] - b[cc]
                 row[cc] += d * d
     span = 2 * f + 1
     n_out = c_hi - c_lo
     base = c_lo - gc0
-    vert = vs[0]
-    horiz = vs[1]
+    vert = vs[0, :n_cols]
+    horiz = vs[1, :n_out]
+    # vertical box sums slide down the rows (add the entering row, remove the leaving one)
+    vert[:] = sq[0, :n_cols]
+    for t in range(1, span):
+        _add_into(vert, sq[t, :n_cols])
     for r in range(rb - ra):
-        for cc in range(n_cols):
-            vert[cc] = sq[r, cc]
-        for t in range(1, span):
-            row = sq[r + t]
+        if r > 0:
+            entering = sq[r + span - 1, :n_cols]
+            leaving = sq[r - 1, :n_cols]
             for cc in range(n_cols):
-                vert[cc] += row[cc]
-        for c in range(n_out):
-            horiz[c] = vert[c]
+                vert[cc] += entering[cc] - leaving[cc]
+        horiz[:] = vert[:n_out]
         for t in range(1, span):
-            for c in range(n_out):
-                horiz[c] += vert[c + t]
-        out_row = out_w[ra + r - g0]
+            _add_into(horiz, vert[t : t + n_out])
+        out_row = out_w[ra + r - g0, base : base + n_out]
         for c in range(n_out):
             d2 = max(horiz[c] * norm - two_sigma2, _ZERO)
-            out_row[base + c] = exp_neg(d2 * inv_h2)
+            out_row[c] = exp_neg(d2 * inv_h2)
+
+
+@jit
+def _add_into(dst, src):
+    for c in range(dst.shape[0]):
+        dst[c] += src[c]
+
+
+@jit
+def _max_into(dst, src):
+    for c in range(dst.shape[0]):
+        dst[c] = max(dst[c], src[c])
+
+
+@jit
+def _add_product_into(dst, weight, values):
+    for c in range(dst.shape[0]):
+        dst[c] += weight[c] * values[c]
 
 
 @jit(parallel=True)
@@ -129,57 +160,52 @@ def _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, i
                                     two_sigma2, inv_h2, r0, 0, sq, vs, w)
                     c_lo = max(0, -dx)
                     c_hi = min(width, width - dx)
-                    for r in range(rows):
-                        wr = w[r]
-                        fwd = den_l[r]
-                        bwd = den_l[r + dy]
-                        mf = wmax_l[r]
-                        mb = wmax_l[r + dy]
-                        for c in range(c_lo, c_hi):
-                            fwd[c] += wr[c]
-                            mf[c] = max(mf[c], wr[c])
-                        for c in range(c_lo, c_hi):
-                            bwd[c + dx] += wr[c]
-                            mb[c + dx] = max(mb[c + dx], wr[c])
+                    for r in range(min(rows, height - dy - r0)):
+                        wr = w[r, c_lo:c_hi]
+                        _add_into(den_l[r, c_lo:c_hi], wr)
+                        _max_into(wmax_l[r, c_lo:c_hi], wr)
+                        _add_into(den_l[r + dy, c_lo + dx : c_hi + dx], wr)
+                        _max_into(wmax_l[r + dy, c_lo + dx : c_hi + dx], wr)
                         if want_num:
                             y = r0 + r + pad
                             for ch in range(n_ch):
-                                src_q = padded[ch, y]
-                                src_n = padded[ch, y + dy]
-                                nf = num_l[ch, r]
-                                nb = num_l[ch, r + dy]
-                                for c in range(c_lo, c_hi):
-                                    nf[c] += wr[c] * src_n[c + dx + pad]
-                                for c in range(c_lo, c_hi):
-                                    nb[c + dx] += wr[c] * src_q[c + pad]
+                                _add_product_into(num_l[ch, r, c_lo:c_hi], wr,
+                                                  padded[ch, y + dy, c_lo + dx + pad : c_hi + dx + pad])
+                                _add_product_into(num_l[ch, r + dy, c_lo + dx : c_hi + dx], wr,
+                                                  padded[ch, y, c_lo + pad : c_hi + pad])
             for r in range(min(local_rows, height - r0)):
                 y = r0 + r
-                for c in range(width):
-                    den[y, c] += den_l[r, c]
-                    wmax[y, c] = max(wmax[y, c], wmax_l[r, c])
+                _add_into(den[y], den_l[r])
+                _max_into(wmax[y], wmax_l[r])
                 if want_num:
                     for ch in range(n_ch):
-                        for c in range(width):
-                            num[ch, y, c] += num_l[ch, r, c]
+                        _add_into(num[ch, y], num_l[ch, r])
 
 
 @jit
-def _box_rows_cols(src, dst, vs, f, r_lo, r_hi, n_cols):
-    """``dst[r, c] = sum_{|a|,|b| <= f} src[r + f + a, c + f + b]`` for r in [r_lo, r_hi)."""
+def _box_rows_cols(src, dst, vs, f, n_rows, n_cols):
+    """``dst[r, c] = sum_{0 <= a, b <= 2f} src[r + a, c + b]`` for r < n_rows, c < n_cols."""
     span = 2 * f + 1
-    for r in range(r_lo, r_hi):
-        for c in range(n_cols + 2 * f):
-            vs[c] = src[r, c]
-        for t in range(1, span):
-            row = src[r + t]
+    vert = vs[: n_cols + 2 * f]
+    vert[:] = src[0, : n_cols + 2 * f]
+    for t in range(1, span):
+        _add_into(vert, src[t, : n_cols + 2 * f])
+    for r in range(n_rows):
+        if r > 0:
+            entering = src[r + span - 1, : n_cols + 2 * f]
+            leaving = src[r - 1, : n_cols + 2 * f]
             for c in range(n_cols + 2 * f):
-                vs[c] += row[c]
-        out = dst[r]
-        for c in range(n_cols):
-            acc = vs[c]
-            for t in range(1, span):
-                acc += vs[c + t]
-            out[c] = acc
+                vert[c] += entering[c] - leaving[c]
+        out = dst[r, :n_cols]
+        out[:] = vert[:n_cols]
+        for t in range(1, span):
+            _add_into(out, vert[t : t + n_cols])
+
+
+@jit
+def _scaled_weights(w, inv_c, out):
+    for c in range(out.shape[0]):
+        out[c] = w[c] * inv_c[c]
 
 
 @jit(parallel=True)
@@ -189,6 +215,10 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
 
     ``num[ch, p]`` accumulates ``sum_i sum_j w_ij / C(i) * u(j + p - i)`` over the queries ``i``
     whose patch contains ``p`` and their neighbours ``j != i`` (the self term is added later).
+    For an offset ``delta`` and ``a(i) = w(i, i + delta) / C(i)``, the forward pairs give
+    ``num(p) += box(a)(p) * u(p + delta)``; with ``b(i) = w(i, i + delta) / C(i + delta)`` the
+    symmetric pairs give ``num(q + delta) += box(b)(q) * u(q)``, where ``q`` may lie up to
+    ``f`` pixels outside the image.
     """
     n_ch = padded.shape[0]
     n_strips = (height + strip - 1) // strip
@@ -222,59 +252,49 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
                         continue
                     _offset_weights(padded, pad, f, dy, dx, g0, g0 + g_rows, height, width, norm,
                                     two_sigma2, inv_h2, g0, -m, sq, vs, w)
-                    # a(i) = w(i) / C(i) and b(i) = w(i) / C(i + delta) on the grid (0 off-image)
+                    c_lo = max(0, -dx)
+                    c_hi = min(width, width - dx)
                     for gr in range(g_rows):
                         y = g0 + gr
-                        if y < 0 or y >= height - dy:
-                            for gc in range(g_cols):
-                                a[gr, gc] = 0.0
-                                bb[gr, gc] = 0.0
-                            continue
-                        ic = inv_c[y]
-                        icn = inv_c[y + dy]
-                        for gc in range(g_cols):
-                            a[gr, gc] = 0.0
-                            bb[gr, gc] = 0.0
-                        for x in range(max(0, -dx), min(width, width - dx)):
-                            wv = w[gr, x + m]
-                            a[gr, x + m] = wv * ic[x]
-                            bb[gr, x + m] = wv * icn[x + dx]
-                    # box sums for q rows [qa, qb): grid row (q - g0) - f .. + f, columns q in
-                    # [-f, width + f) -> box column index q + f
-                    _box_rows_cols(a, box_a, vs[0], f, 0, g_rows - 2 * f, g_cols - 2 * f)
-                    _box_rows_cols(bb, box_b, vs[0], f, 0, g_rows - 2 * f, g_cols - 2 * f)
+                        if 0 <= y < height - dy:
+                            a[gr, : c_lo + m] = 0.0
+                            a[gr, c_hi + m :] = 0.0
+                            bb[gr, : c_lo + m] = 0.0
+                            bb[gr, c_hi + m :] = 0.0
+                            wr = w[gr, c_lo + m : c_hi + m]
+                            _scaled_weights(wr, inv_c[y, c_lo:c_hi], a[gr, c_lo + m : c_hi + m])
+                            _scaled_weights(wr, inv_c[y + dy, c_lo + dx : c_hi + dx],
+                                            bb[gr, c_lo + m : c_hi + m])
+                        else:
+                            a[gr, :] = 0.0
+                            bb[gr, :] = 0.0
+                    # box over grid rows (q - g0) .. + 2f; box column index q + f, q in
+                    # [-f, width + f)
+                    _box_rows_cols(a, box_a, vs[0], f, g_rows - 2 * f, g_cols - 2 * f)
+                    _box_rows_cols(bb, box_b, vs[0], f, g_rows - 2 * f, g_cols - 2 * f)
+                    p_lo = max(0, dx - f)
+                    p_hi = min(width, width + dx + f)
                     for qr in range(qb - qa):
                         q = qa + qr
-                        # forward: p = q (real rows of this strip only)
-                        if r0 <= q < r1:
+                        if r0 <= q:  # forward: p = q, a real row of this strip
                             y = q + pad
-                            lr = q - local0
                             for ch in range(n_ch):
-                                src = padded[ch, y + dy]
-                                acc = num_l[ch, lr]
-                                ba = box_a[qr]
-                                for c in range(width):
-                                    acc[c] += ba[c + f] * src[c + dx + pad]
-                        # backward: p = q + delta receives box_b(q) * u(q)
-                        p = q + dy
+                                _add_product_into(num_l[ch, q - local0], box_a[qr, f : f + width],
+                                                  padded[ch, y + dy, dx + pad : dx + pad + width])
+                        p = q + dy  # backward: p = q + delta receives box_b(q) * u(q)
                         if 0 <= p < height:
-                            lr = p - local0
                             y = q + pad
-                            c_lo = max(0, dx - f)
-                            c_hi = min(width, width + dx + f)
                             for ch in range(n_ch):
-                                src = padded[ch, y]
-                                acc = num_l[ch, lr]
-                                bq = box_b[qr]
-                                for pc in range(c_lo, c_hi):
-                                    acc[pc] += bq[pc - dx + f] * src[pc - dx + pad]
+                                _add_product_into(
+                                    num_l[ch, p - local0, p_lo:p_hi],
+                                    box_b[qr, p_lo - dx + f : p_hi - dx + f],
+                                    padded[ch, y, p_lo - dx + pad : p_hi - dx + pad],
+                                )
             for lr in range(local_rows):
                 y = local0 + lr
-                if y < 0 or y >= height:
-                    continue
-                for ch in range(n_ch):
-                    for c in range(width):
-                        num[ch, y, c] += num_l[ch, lr, c]
+                if 0 <= y < height:
+                    for ch in range(n_ch):
+                        _add_into(num[ch, y], num_l[ch, lr])
 
 
 @jit(parallel=True)
