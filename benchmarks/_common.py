@@ -71,3 +71,11 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=1))
     return path
+
+
+def write_json_at(path: Path, payload: dict) -> Path:
+    """Like :func:`write_json`, to any path (its folder is created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    return path

@@ -2,7 +2,7 @@
 
 For each noise level, sweeps patch radius, search radius and h/sigma of ``nl_means`` (patch-wise
 aggregation) and reports the average PSNR; the best row per sigma is what
-``nlattn/denoise/presets.py`` uses.  Results: ``benchmarks/results/tune_nlm.json``.
+``nlattn/denoise/presets.py`` uses.  Results: ``benchmarks/results/tune_nlm_<aggregation>_sigma<sigmas>.json``.
 
     python benchmarks/tune_nlm.py --sigmas 15,25,50
 """
@@ -29,7 +29,8 @@ def main() -> None:
     images = set12_images()
     rows = []
     for sigma in [float(s) for s in args.sigmas.split(",")]:
-        noisy = {name: add_noise(clean, sigma, seed=i) for i, (name, clean) in enumerate(images.items())}
+        noisy = {name: add_noise(clean, sigma, seed=i)
+                 for i, (name, clean) in enumerate(images.items())}
         best = None
         grid = itertools.product(
             [int(v) for v in args.patch_radii.split(",")],
@@ -52,8 +53,8 @@ def main() -> None:
             print(f"sigma {sigma:4.0f}  f {patch_radius}  s {search_radius:2d}  h/sigma {ratio:.2f}"
                   f"  PSNR {row['psnr']:.3f}", flush=True)
         print(f"best for sigma {sigma:.0f}: {best}", flush=True)
-    write_json("tune_nlm.json", {"machine": machine(), "aggregation": args.aggregation,
-                                 "rows": rows})
+    name = f"tune_nlm_{args.aggregation}_sigma{args.sigmas.replace(',', '_')}.json"
+    write_json(name, {"machine": machine(), "aggregation": args.aggregation, "rows": rows})
 
 
 if __name__ == "__main__":

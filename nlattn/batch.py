@@ -173,7 +173,8 @@ def collect_inputs(
     Notes
     -----
     Files named directly are always taken.  Files found in folders or matched by patterns are
-    taken when their extension is one of :data:`nlattn.io.IMAGE_EXTENSIONS`, except the tool's
+    taken when their extension is one of :data:`nlattn.io.IMAGE_EXTENSIONS` and their name does
+    not start with a dot (hidden files, and the temporary files of writes), except the tool's
     own outputs: files whose stem ends with ``suffix`` (when it is not empty), and anything in
     ``output_dir`` when that folder lies below the folder being scanned (when it is the scanned
     folder itself, as in ``nlattn denoise . -o .``, the suffix alone tells outputs apart).
@@ -199,7 +200,10 @@ def collect_inputs(
         )
 
     def add_found_file(path: str, relative: str, skip_dir: str | None) -> None:
-        stem = os.path.splitext(os.path.basename(path))[0]
+        name = os.path.basename(path)
+        if name.startswith("."):
+            return  # hidden files, among them an interrupted write's temporary file
+        stem = os.path.splitext(name)[0]
         if (suffix and stem.endswith(suffix)) or _inside(_real(path), skip_dir):
             return  # the tool's own output
         if not _is_image_name(path, extensions):

@@ -90,6 +90,7 @@ def test_collect_folder_skips_junk_and_subfolders_with_warnings(tmp_path):
     save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "fake.png").write_text("not an image")
+    save(tmp_path / ".a.png.x1y2.tmp.png")  # an interrupted write's temporary file
     save(tmp_path / "sub" / "c.png")
     jobs, warnings = collect_inputs([str(tmp_path)], output_dir=None, suffix="_d")
     # images are picked by extension: fake.png is a job (it fails when read), notes.txt is not

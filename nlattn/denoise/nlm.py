@@ -127,15 +127,37 @@ def _max_into(dst, src):
 
 
 @jit
+def _add_max_into(total, largest, src):
+    """``total += src`` and ``largest = max(largest, src)``."""
+    for c in range(total.shape[0]):
+        total[c] += src[c]
+        largest[c] = max(largest[c], src[c])
+
+
+@jit
 def _add_product_into(dst, weight, values):
     for c in range(dst.shape[0]):
         dst[c] += weight[c] * values[c]
 
 
+@jit
+def _flush(total, part):
+    """``total += part; part = 0`` (float32 partial sums into float64 totals)."""
+    flat_total = total.ravel()
+    flat_part = part.ravel()
+    for k in range(flat_total.shape[0]):
+        flat_total[k] += flat_part[k]
+        flat_part[k] = 0.0
+
+
 @jit(parallel=True)
 def _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2, strip,
                            want_num, den, wmax, num):
-    """First sweep: ``den(i) = sum_{j != i} w_ij``, ``wmax(i)`` and (pixel-wise) ``num(i)``."""
+    """First sweep: ``den(i) = sum_{j != i} w_ij``, ``wmax(i)`` and (pixel-wise) ``num(i)``.
+
+    Sums over the ``2s + 1`` offsets of one row ``dy`` of the window are kept in float32 and then
+    added to float64 totals.
+    """
     n_ch = padded.shape[0]
     n_strips = (height + strip - 1) // strip
     for phase in range(2):
@@ -147,8 +169,11 @@ def _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, i
             rows = r1 - r0
             local_rows = rows + s
             den_l = np.zeros((local_rows, width), np.float64)
+            den_p = np.zeros((local_rows, width), np.float32)
             wmax_l = np.zeros((local_rows, width), np.float32)
-            num_l = np.zeros((n_ch if want_num else 0, local_rows, width), np.float64)
+            n_num = n_ch if want_num else 0
+            num_l = np.zeros((n_num, local_rows, width), np.float64)
+            num_p = np.zeros((n_num, local_rows, width), np.float32)
             sq = np.empty((rows + 2 * f, width + 2 * f), np.float32)
             vs = np.empty((2, width + 2 * f), np.float32)
             w = np.empty((rows, width), np.float32)
@@ -162,50 +187,49 @@ def _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, i
                     c_hi = min(width, width - dx)
                     for r in range(min(rows, height - dy - r0)):
                         wr = w[r, c_lo:c_hi]
-                        _add_into(den_l[r, c_lo:c_hi], wr)
-                        _max_into(wmax_l[r, c_lo:c_hi], wr)
-                        _add_into(den_l[r + dy, c_lo + dx : c_hi + dx], wr)
-                        _max_into(wmax_l[r + dy, c_lo + dx : c_hi + dx], wr)
-                        if want_num:
-                            y = r0 + r + pad
-                            for ch in range(n_ch):
-                                _add_product_into(num_l[ch, r, c_lo:c_hi], wr,
-                                                  padded[ch, y + dy, c_lo + dx + pad : c_hi + dx + pad])
-                                _add_product_into(num_l[ch, r + dy, c_lo + dx : c_hi + dx], wr,
-                                                  padded[ch, y, c_lo + pad : c_hi + pad])
+                        _add_max_into(den_p[r, c_lo:c_hi], wmax_l[r, c_lo:c_hi], wr)
+                        _add_max_into(den_p[r + dy, c_lo + dx : c_hi + dx],
+                                      wmax_l[r + dy, c_lo + dx : c_hi + dx], wr)
+                        y = r0 + r + pad
+                        for ch in range(n_num):
+                            _add_product_into(num_p[ch, r, c_lo:c_hi], wr,
+                                              padded[ch, y + dy, c_lo + dx + pad : c_hi + dx + pad])
+                            _add_product_into(num_p[ch, r + dy, c_lo + dx : c_hi + dx], wr,
+                                              padded[ch, y, c_lo + pad : c_hi + pad])
+                _flush(den_l, den_p)
+                _flush(num_l, num_p)
             for r in range(min(local_rows, height - r0)):
                 y = r0 + r
                 _add_into(den[y], den_l[r])
                 _max_into(wmax[y], wmax_l[r])
-                if want_num:
-                    for ch in range(n_ch):
-                        _add_into(num[ch, y], num_l[ch, r])
+                for ch in range(n_num):
+                    _add_into(num[ch, y], num_l[ch, r])
 
 
 @jit
-def _box_rows_cols(src, dst, vs, f, n_rows, n_cols):
-    """``dst[r, c] = sum_{0 <= a, b <= 2f} src[r + a, c + b]`` for r < n_rows, c < n_cols."""
-    span = 2 * f + 1
-    vert = vs[: n_cols + 2 * f]
-    vert[:] = src[0, : n_cols + 2 * f]
+def _slide_in(vert, ring_row, w, inv_c):
+    """Replace a ring row by ``w * inv_c`` and move the column sums ``vert`` along with it."""
+    for c in range(vert.shape[0]):
+        new = w[c] * inv_c[c]
+        vert[c] += new - ring_row[c]
+        ring_row[c] = new
+
+
+@jit
+def _slide_out(vert, ring_row):
+    """Replace a ring row by zeros and move the column sums ``vert`` along with it."""
+    for c in range(vert.shape[0]):
+        vert[c] -= ring_row[c]
+        ring_row[c] = 0.0
+
+
+@jit
+def _box_row(vert, out, span):
+    """``out[c] = sum_{t < span} vert[c + t]``."""
+    n = out.shape[0]
+    out[:] = vert[:n]
     for t in range(1, span):
-        _add_into(vert, src[t, : n_cols + 2 * f])
-    for r in range(n_rows):
-        if r > 0:
-            entering = src[r + span - 1, : n_cols + 2 * f]
-            leaving = src[r - 1, : n_cols + 2 * f]
-            for c in range(n_cols + 2 * f):
-                vert[c] += entering[c] - leaving[c]
-        out = dst[r, :n_cols]
-        out[:] = vert[:n_cols]
-        for t in range(1, span):
-            _add_into(out, vert[t : t + n_cols])
-
-
-@jit
-def _scaled_weights(w, inv_c, out):
-    for c in range(out.shape[0]):
-        out[c] = w[c] * inv_c[c]
+        _add_into(out, vert[t : t + n])
 
 
 @jit(parallel=True)
@@ -218,10 +242,12 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
     For an offset ``delta`` and ``a(i) = w(i, i + delta) / C(i)``, the forward pairs give
     ``num(p) += box(a)(p) * u(p + delta)``; with ``b(i) = w(i, i + delta) / C(i + delta)`` the
     symmetric pairs give ``num(q + delta) += box(b)(q) * u(q)``, where ``q`` may lie up to
-    ``f`` pixels outside the image.
+    ``f`` pixels outside the image.  ``a`` and ``b`` stream through rings of ``2f + 1`` rows
+    whose column sums slide down the strip, so the box filters stay in the cache.
     """
     n_ch = padded.shape[0]
     n_strips = (height + strip - 1) // strip
+    span = 2 * f + 1
     m = 2 * f  # column margin of the weight grid
     for phase in range(2):
         n_here = (n_strips - phase + 1) // 2
@@ -239,13 +265,16 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
             local0 = r0 - f  # local accumulator rows [r0 - f, r1 + s)
             local_rows = r1 - r0 + f + s
             num_l = np.zeros((n_ch, local_rows, width), np.float64)
+            num_p = np.zeros((n_ch, local_rows, width), np.float32)
             sq = np.empty((g_rows + 2 * f, width + 2 * f), np.float32)
             vs = np.empty((2, g_cols), np.float32)
             w = np.empty((g_rows, g_cols), np.float32)
-            a = np.zeros((g_rows, g_cols), np.float32)
-            bb = np.zeros((g_rows, g_cols), np.float32)
-            box_a = np.empty((g_rows, g_cols - 2 * f), np.float32)
-            box_b = np.empty((g_rows, g_cols - 2 * f), np.float32)
+            ring_a = np.empty((span, g_cols), np.float32)
+            ring_b = np.empty((span, g_cols), np.float32)
+            vert_a = np.empty(g_cols, np.float32)
+            vert_b = np.empty(g_cols, np.float32)
+            box_a = np.empty(width + 2 * f, np.float32)
+            box_b = np.empty(width + 2 * f, np.float32)
             for dy in range(s + 1):
                 for dx in range(-s, s + 1):
                     if dy == 0 and dx <= 0:
@@ -254,42 +283,44 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
                                     two_sigma2, inv_h2, g0, -m, sq, vs, w)
                     c_lo = max(0, -dx)
                     c_hi = min(width, width - dx)
-                    for gr in range(g_rows):
-                        y = g0 + gr
-                        if 0 <= y < height - dy:
-                            a[gr, : c_lo + m] = 0.0
-                            a[gr, c_hi + m :] = 0.0
-                            bb[gr, : c_lo + m] = 0.0
-                            bb[gr, c_hi + m :] = 0.0
-                            wr = w[gr, c_lo + m : c_hi + m]
-                            _scaled_weights(wr, inv_c[y, c_lo:c_hi], a[gr, c_lo + m : c_hi + m])
-                            _scaled_weights(wr, inv_c[y + dy, c_lo + dx : c_hi + dx],
-                                            bb[gr, c_lo + m : c_hi + m])
-                        else:
-                            a[gr, :] = 0.0
-                            bb[gr, :] = 0.0
-                    # box over grid rows (q - g0) .. + 2f; box column index q + f, q in
-                    # [-f, width + f)
-                    _box_rows_cols(a, box_a, vs[0], f, g_rows - 2 * f, g_cols - 2 * f)
-                    _box_rows_cols(bb, box_b, vs[0], f, g_rows - 2 * f, g_cols - 2 * f)
                     p_lo = max(0, dx - f)
                     p_hi = min(width, width + dx + f)
-                    for qr in range(qb - qa):
-                        q = qa + qr
-                        if r0 <= q:  # forward: p = q, a real row of this strip
-                            y = q + pad
+                    ring_a[:, :] = 0.0
+                    ring_b[:, :] = 0.0
+                    vert_a[:] = 0.0
+                    vert_b[:] = 0.0
+                    for gr in range(g_rows):
+                        y = g0 + gr  # query row entering the box
+                        # only columns [c_lo, c_hi) of a and b are ever non-zero for this offset
+                        row_a = ring_a[gr % span, c_lo + m : c_hi + m]
+                        row_b = ring_b[gr % span, c_lo + m : c_hi + m]
+                        va = vert_a[c_lo + m : c_hi + m]
+                        vb = vert_b[c_lo + m : c_hi + m]
+                        if 0 <= y < height - dy:
+                            wr = w[gr, c_lo + m : c_hi + m]
+                            _slide_in(va, row_a, wr, inv_c[y, c_lo:c_hi])
+                            _slide_in(vb, row_b, wr, inv_c[y + dy, c_lo + dx : c_hi + dx])
+                        else:
+                            _slide_out(va, row_a)
+                            _slide_out(vb, row_b)
+                        if gr < 2 * f:
+                            continue
+                        q = y - f  # the box centred on row q is complete
+                        if q >= r0:  # forward: p = q, a real row of this strip
+                            _box_row(vert_a, box_a, span)
                             for ch in range(n_ch):
-                                _add_product_into(num_l[ch, q - local0], box_a[qr, f : f + width],
-                                                  padded[ch, y + dy, dx + pad : dx + pad + width])
-                        p = q + dy  # backward: p = q + delta receives box_b(q) * u(q)
+                                _add_product_into(num_p[ch, q - local0], box_a[f : f + width],
+                                                  padded[ch, q + pad + dy, dx + pad : dx + pad + width])
+                        p = q + dy  # backward: p = q + delta receives box(b)(q) * u(q)
                         if 0 <= p < height:
-                            y = q + pad
+                            _box_row(vert_b, box_b, span)
                             for ch in range(n_ch):
                                 _add_product_into(
-                                    num_l[ch, p - local0, p_lo:p_hi],
-                                    box_b[qr, p_lo - dx + f : p_hi - dx + f],
-                                    padded[ch, y, p_lo - dx + pad : p_hi - dx + pad],
+                                    num_p[ch, p - local0, p_lo:p_hi],
+                                    box_b[p_lo - dx + f : p_hi - dx + f],
+                                    padded[ch, q + pad, p_lo - dx + pad : p_hi - dx + pad],
                                 )
+                _flush(num_l, num_p)
             for lr in range(local_rows):
                 y = local0 + lr
                 if 0 <= y < height:

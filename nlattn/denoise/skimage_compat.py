@@ -154,14 +154,42 @@ def _scaled_add(dst, c, src):
 
 
 @jit
-def _box_pass(src, dst, lo, n, stride, o):
-    """``dst[lo + i] = sum_{j = 1-o}^{o} src[lo + i + j stride]`` for ``0 <= i < n`` (o >= 1)."""
-    out = dst[lo : lo + n]
-    a = lo + (1 - o) * stride
-    _copy_into(out, src[a : a + n])
-    for j in range(2 - o, o + 1):
-        a = lo + j * stride
-        _add_into(out, src[a : a + n])
+def _box_unit(src, dst, n, o):
+    """``dst[i] = sum_{j=0}^{2o-1} src[i + j]`` for ``i < n``, summed left to right.
+
+    Written out for o <= 4 with literal offsets, so that LLVM vectorises one pass with all terms
+    in registers (with a run-time stride it gives up on the aliasing checks).
+    """
+    if o == 1:
+        for i in range(n):
+            dst[i] = src[i] + src[i + 1]
+    elif o == 2:
+        for i in range(n):
+            dst[i] = src[i] + src[i + 1] + src[i + 2] + src[i + 3]
+    elif o == 3:
+        for i in range(n):
+            dst[i] = src[i] + src[i + 1] + src[i + 2] + src[i + 3] + src[i + 4] + src[i + 5]
+    elif o == 4:
+        for i in range(n):
+            dst[i] = (src[i] + src[i + 1] + src[i + 2] + src[i + 3] + src[i + 4] + src[i + 5]
+                      + src[i + 6] + src[i + 7])
+    else:
+        out = dst[:n]
+        _copy_into(out, src[:n])
+        for j in range(1, 2 * o):
+            _add_into(out, src[j : j + n])
+
+
+@jit
+def _box_terms(src, dst, n, stride, o):
+    """``dst[i] = sum_{j=0}^{2o-1} src[i + j stride]`` for ``i < n`` (o >= 1), left to right."""
+    if stride == 1:
+        _box_unit(src, dst, n, o)
+        return
+    out = dst[:n]
+    _copy_into(out, src[:n])
+    for j in range(1, 2 * o):
+        _add_into(out, src[j * stride : j * stride + n])
 
 
 @jit
@@ -240,24 +268,82 @@ def _init_accumulators(x, s0, num, den):
 
 
 @jit
-def _sqdiff_image(x, lo, n, t, e):
-    """``e[i] = sum_c (x[c, lo + i] - x[c, lo + i + t])**2`` for ``0 <= i < n``."""
-    _sqdiff_set(e[:n], x[0, lo : lo + n], x[0, lo + t : lo + t + n])
+def _row_sqdiff(x, r_start, t, e):
+    """``e[i] = sum_c (x[c, r_start + i] - x[c, r_start + i + t])**2`` for ``i < len(e)``."""
+    n = e.shape[0]
+    _sqdiff_set(e, x[0, r_start : r_start + n], x[0, r_start + t : r_start + t + n])
     for ch in range(1, x.shape[0]):
-        _sqdiff_add(e[:n], x[ch, lo : lo + n], x[ch, lo + t : lo + t + n])
+        _sqdiff_add(e, x[ch, r_start : r_start + n], x[ch, r_start + t : r_start + t + n])
 
 
 @jit
-def _accumulate_pairs(x, s0, ns, t, w, num, den):
-    """Add the pairs ``(p, p + t)`` and ``(p - t, p)`` of strip pixels ``p`` in ``[s0, s0 + ns)``.
+def _roll_rows(v, e, slot):
+    """Running sum over axis-0 rows: ``v += e - slot``, then the ring slot takes ``e``."""
+    for i in range(v.shape[0]):
+        v[i] += e[i] - slot[i]
+        slot[i] = e[i]
 
-    ``w[i]`` is the weight of the pair anchored at ``s0 - t + i``.
+
+@jit
+def _fast_row_weights(v, strides, o, k_var, inv_norm, tmp, tmp2, wrow):
+    """Weights of one anchor row from its axis-0 box sums ``v``: box sums along axes 1.., then
+    :func:`_fast_weights`.  Only the row's interior is written (elsewhere the box would leave the
+    row): the caller keeps the rest of ``wrow`` at 0.
     """
-    w_fwd = w[t : t + ns]
-    w_bwd = w[:ns]
+    ndim = strides.shape[0]
+    src = v
+    dst = tmp
+    lo = 0
+    n = v.shape[0]
+    for k in range(ndim - 1, 0, -1):
+        stk = strides[k]
+        start = lo
+        lo += (o - 1) * stk
+        n -= (2 * o - 1) * stk
+        _box_terms(src[start:], dst[lo:], n, stk, o)
+        src = dst
+        dst = tmp2 if (ndim - 1 - k) % 2 == 0 else tmp
+    _fast_weights(src[lo : lo + n], k_var, inv_norm, wrow[lo : lo + n])
+
+
+@jit
+def _slow_row(x, r_start, t, strides, o, g, e, tmp, slot):
+    """Gaussian sums along axes 1.. of one axis-0 row of squared differences, into ``slot``."""
+    _row_sqdiff(x, r_start, t, e)
+    ndim = strides.shape[0]
+    src = e
+    lo = 0
+    n = e.shape[0]
+    for k in range(ndim - 1, 0, -1):
+        stk = strides[k]
+        if k == 1:
+            dst = slot
+        elif (ndim - 1 - k) % 2 == 0:
+            dst = tmp
+        else:
+            dst = e
+        lo += o * stk
+        n -= 2 * o * stk
+        _gauss_pass(src, dst, lo, n, stk, o, g)
+        src = dst
+
+
+@jit
+def _accumulate_row(x, a, st0, t, w, w0, num, den, i0):
+    """Add to output row ``a`` the pairs ``(p, p + t)`` and ``(p - t, p)`` of its pixels ``p``.
+
+    ``w[i]`` is the weight of the pair anchored at flat index ``i + w0``; the row's accumulators
+    are ``num[:, i0 : i0 + st0]`` and ``den[i0 : i0 + st0]`` (passed whole, and sliced here one
+    channel at a time, so that the slices keep a contiguous layout and the loops vectorise).
+    """
+    p0 = a * st0
+    j0 = p0 - w0
+    w_fwd = w[j0 : j0 + st0]
+    w_bwd = w[j0 - t : j0 - t + st0]
     for ch in range(x.shape[0]):
-        _accumulate(num[ch], w_fwd, x[ch, s0 + t : s0 + t + ns], w_bwd, x[ch, s0 - t : s0 - t + ns])
-    _add_pair_into(den, w_fwd, w_bwd)
+        _accumulate(num[ch, i0 : i0 + st0], w_fwd, x[ch, p0 + t : p0 + t + st0], w_bwd,
+                    x[ch, p0 - t : p0 - t + st0])
+    _add_pair_into(den[i0 : i0 + st0], w_fwd, w_bwd)
 
 
 @jit
@@ -268,7 +354,10 @@ def _write_strip(out, s0, num, den):
 
 
 # --------------------------------------------------------------------------------------------
-# Drivers
+# Drivers.  Each strip of axis-0 rows [r0, r1) runs the shifts in order; per shift it walks
+# the anchor rows (the rows of the pairs' first pixels: its own rows and up to d + 1 rows
+# before) upwards, keeping the last 2o (fast) or 2o + 1 (slow) rows of per-row sums in a ring,
+# so every buffer a step touches is one row long.
 
 
 @jit(parallel=True)
@@ -277,23 +366,17 @@ def _fast_driver(x, strides, shifts, n0, pad, strip, o, k_var, inv_norm, out):
 
     ``x`` and ``out`` are ``(C, N)`` (channels first, the padded spatial axes flattened with
     ``strides``); the real pixels of axis 0 are ``[pad, pad + n0)``.  ``shifts`` are the flat
-    offsets ``t > 0`` of the search window.  ``out`` is written on the flat range of real axis-0
-    indices (other axes' padding included: the caller crops).
+    offsets ``t > 0`` of the search window, each less than ``pad - 1`` rows.  ``out`` is written
+    on the flat range of real axis-0 indices (other axes' padding included: the caller crops).
     """
     n_ch = x.shape[0]
-    ndim = strides.shape[0]
     st0 = strides[0]
     n_shifts = shifts.shape[0]
-    ssum = 0
-    for k in range(ndim):
-        ssum += strides[k]
-    bmin = (1 - o) * ssum
-    bmax = o * ssum
-    max_t = 0
+    max_rows_back = 0
     for m in range(n_shifts):
-        max_t = max(max_t, shifts[m])
+        max_rows_back = max(max_rows_back, (shifts[m] + st0 - 1) // st0)
     n_strips = (n0 + strip - 1) // strip
-    buf_len = strip * st0 + max_t + max(bmax - bmin, 0)
+    ring_len = max(2 * o, 1)
     for si in prange(n_strips):
         r0 = pad + si * strip
         r1 = min(r0 + strip, pad + n0)
@@ -302,30 +385,35 @@ def _fast_driver(x, strides, shifts, n0, pad, strip, o, k_var, inv_norm, out):
         num = np.empty((n_ch, ns), np.float64)
         den = np.empty(ns, np.float64)
         _init_accumulators(x, s0, num, den)
-        e = np.empty(buf_len, np.float64)
-        f = np.empty(buf_len, np.float64)
-        w = np.empty(strip * st0 + max_t, np.float64)
+        e = np.empty(st0, np.float64)
+        tmp = np.empty(st0, np.float64)
+        v = np.empty(st0, np.float64)
+        tmp2 = np.empty(st0, np.float64)
+        ring = np.empty((ring_len, st0), np.float64)
+        w = np.zeros((r1 - r0 + max_rows_back) * st0, np.float64)
+        if o == 0:
+            w[:] = 1.0
         for m in range(n_shifts):
             t = shifts[m]
-            n_anchor = ns + t  # anchors [s0 - t, s0 + ns): both ends of every pair of the strip
-            if o == 0:
-                w[:n_anchor] = 1.0
-            else:
-                base = s0 - t + bmin
-                n_e = n_anchor + bmax - bmin
-                _sqdiff_image(x, base, n_e, t, e)
-                src = e
-                dst = f
-                lo = 0
-                n_valid = n_e
-                for k in range(ndim):
-                    stk = strides[k]
-                    lo += (o - 1) * stk
-                    n_valid -= (2 * o - 1) * stk
-                    _box_pass(src, dst, lo, n_valid, stk, o)
-                    src, dst = dst, src
-                _fast_weights(src[lo : lo + n_anchor], k_var, inv_norm, w[:n_anchor])
-            _accumulate_pairs(x, s0, ns, t, w, num, den)
+            ra = r0 - (t + st0 - 1) // st0  # first anchor row
+            w0 = ra * st0
+            if o > 0:
+                for r in range(ra - o + 1, ra + o + 1):
+                    _row_sqdiff(x, r * st0, t, ring[r % ring_len])
+                _copy_into(v, ring[(ra - o + 1) % ring_len])
+                for r in range(ra - o + 2, ra + o + 1):
+                    _add_into(v, ring[r % ring_len])
+            for a in range(ra, r1):
+                if o > 0:
+                    if a > ra:
+                        r = a + o
+                        _row_sqdiff(x, r * st0, t, e)
+                        _roll_rows(v, e, ring[r % ring_len])
+                    i0 = (a - ra) * st0
+                    _fast_row_weights(v, strides, o, k_var, inv_norm, tmp, tmp2,
+                                      w[i0 : i0 + st0])
+                if a >= r0:
+                    _accumulate_row(x, a, st0, t, w, w0, num, den, (a - r0) * st0)
         _write_strip(out, s0, num, den)
 
 
@@ -338,18 +426,12 @@ def _slow_driver(x, valid, strides, shifts, n0, pad, strip, o, g, coef, k_var, o
     ``k_var`` the noise term ``C var2 sum(g)**(D-1)`` subtracted from each row's sum.
     """
     n_ch = x.shape[0]
-    ndim = strides.shape[0]
     st0 = strides[0]
     n_shifts = shifts.shape[0]
-    ssum = 0
-    for k in range(ndim):
-        ssum += strides[k]
-    half = o * ssum
-    max_t = 0
+    max_rows_back = 0
     for m in range(n_shifts):
-        max_t = max(max_t, shifts[m])
+        max_rows_back = max(max_rows_back, (shifts[m] + st0 - 1) // st0)
     n_strips = (n0 + strip - 1) // strip
-    buf_len = strip * st0 + max_t + 2 * half
     s = 2 * o + 1
     for si in prange(n_strips):
         r0 = pad + si * strip
@@ -359,49 +441,40 @@ def _slow_driver(x, valid, strides, shifts, n0, pad, strip, o, g, coef, k_var, o
         num = np.empty((n_ch, ns), np.float64)
         den = np.empty(ns, np.float64)
         _init_accumulators(x, s0, num, den)
-        e = np.empty(buf_len, np.float64)
-        f = np.empty(buf_len, np.float64)
-        n_w = strip * st0 + max_t
-        w = np.empty(n_w, np.float64)
-        dist = np.empty(n_w, np.float64)
-        worst = np.empty(n_w, np.float64)
+        e = np.empty(st0, np.float64)
+        tmp = np.empty(st0, np.float64)
+        dd = np.empty(st0, np.float64)
+        worst = np.empty(st0, np.float64)
+        ring = np.zeros((s, st0), np.float64)
+        w = np.empty((r1 - r0 + max_rows_back) * st0, np.float64)
         for m in range(n_shifts):
             t = shifts[m]
-            n_anchor = ns + t
-            a0 = s0 - t
-            base = a0 - half
-            n_e = n_anchor + 2 * half
-            _sqdiff_image(x, base, n_e, t, e)
-            src = e
-            dst = f
-            lo = 0
-            n_valid = n_e
-            for k in range(ndim - 1, 0, -1):
-                stk = strides[k]
-                lo += o * stk
-                n_valid -= 2 * o * stk
-                _gauss_pass(src, dst, lo, n_valid, stk, o, g)
-                src, dst = dst, src
-            # src now holds the per-row sums, valid on anchors +- o rows of axis 0.
-            dd = dist[:n_anchor]
-            ww = worst[:n_anchor]
-            ww[:] = -np.inf
-            row = src[lo : lo + n_anchor]
-            _scaled_set(dd, coef[0], row)
-            c0 = coef[0] * k_var
-            for i in range(n_anchor):
-                dd[i] -= c0
-            for r in range(1, s):
-                for i in range(n_anchor):
-                    ww[i] = max(ww[i], dd[i])
-                row = src[lo + r * st0 : lo + r * st0 + n_anchor]
-                cr = coef[r]
-                ck = cr * k_var
-                for i in range(n_anchor):
-                    dd[i] += cr * row[i] - ck
-            _slow_weights(dd, ww, valid[a0 : a0 + n_anchor], valid[s0 : s0 + n_anchor],
-                          w[:n_anchor])
-            _accumulate_pairs(x, s0, ns, t, w, num, den)
+            ra = r0 - (t + st0 - 1) // st0
+            w0 = ra * st0
+            for r in range(ra - o, ra + o):
+                _slow_row(x, r * st0, t, strides, o, g, e, tmp, ring[r % s])
+            for a in range(ra, r1):
+                r = a + o
+                _slow_row(x, r * st0, t, strides, o, g, e, tmp, ring[r % s])
+                row = ring[(a - o) % s]
+                c = coef[0]
+                ck = c * k_var
+                for i in range(st0):
+                    dd[i] = c * row[i] - ck
+                worst[:] = -np.inf
+                for j in range(1, s):
+                    row = ring[(a - o + j) % s]
+                    c = coef[j]
+                    ck = c * k_var
+                    for i in range(st0):
+                        worst[i] = max(worst[i], dd[i])
+                        dd[i] += c * row[i] - ck
+                i0 = (a - ra) * st0
+                p0 = a * st0
+                _slow_weights(dd, worst, valid[p0 : p0 + st0], valid[p0 + t : p0 + t + st0],
+                              w[i0 : i0 + st0])
+                if a >= r0:
+                    _accumulate_row(x, a, st0, t, w, w0, num, den, (a - r0) * st0)
         _write_strip(out, s0, num, den)
 
 
