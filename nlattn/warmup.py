@@ -23,6 +23,7 @@ def warmup() -> dict[str, float]:
     """
     from nlattn.denoise import nl_means
     from nlattn.denoise.skimage_compat import _warmup as warmup_skimage_compat
+    from nlattn.features import extract_patches
 
     rng = np.random.default_rng(0)
     grey = rng.random((9, 11)).astype(np.float32)
@@ -34,6 +35,11 @@ def warmup() -> dict[str, float]:
         for image in (grey, colour):
             nl_means(image, sigma=0.1, patch_radius=1, search_radius=2, aggregation=aggregation)
     timings["nlm (windowed)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for image in (grey, colour):
+        extract_patches(image, 1)
+    timings["patch vectors"] = time.perf_counter() - start
 
     start = time.perf_counter()
     warmup_skimage_compat()

@@ -61,3 +61,28 @@ def nlm(image, patch_radius, search_radius, h, sigma=0.0, aggregation="patch"):
                         counts[py, px] += 1
         out /= counts[:, :, None]
     return out[:, :, 0] if grey else out
+
+
+def patches(image, patch_radius, gaussian_sigma=None):
+    """Patch vectors by their definition: weighted patch values, weights summing to 1."""
+    u = np.asarray(image, dtype=np.float64)
+    if u.ndim == 2:
+        u = u[:, :, None]
+    height, width, n_ch = u.shape
+    f = patch_radius
+    padded = np.pad(u, ((f, f), (f, f), (0, 0)), mode="reflect")
+    offsets = [(a, b) for a in range(-f, f + 1) for b in range(-f, f + 1)]
+    if gaussian_sigma is None:
+        weights = np.ones(len(offsets))
+    else:
+        weights = np.array([np.exp(-(a * a + b * b) / (2 * gaussian_sigma**2)) for a, b in offsets])
+    weights /= weights.sum() * n_ch
+    out = np.zeros((height, width, len(offsets) * n_ch))
+    for y in range(height):
+        for x in range(width):
+            k = 0
+            for (a, b), w in zip(offsets, weights, strict=True):
+                for c in range(n_ch):
+                    out[y, x, k] = np.sqrt(w) * padded[y + f + a, x + f + b, c]
+                    k += 1
+    return out

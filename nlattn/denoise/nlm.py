@@ -38,6 +38,8 @@ _ZERO = np.float32(0.0)
 
 #: Minimum number of rows a strip holds (fixed, so results never depend on the thread count).
 STRIP_ROWS = 32
+#: The patch-wise sweep recomputes weights on 2f rows around each strip: taller strips amortise it.
+PATCHWISE_STRIP_ROWS = 64
 
 
 def strip_rows(patch_radius: int, search_radius: int) -> int:
@@ -400,7 +402,8 @@ def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: f
     w_self = np.empty((height, width), np.float32)
     inv_c = np.empty((height, width), np.float32)
     _self_weights(height, width, den, wmax, w_self, inv_c)
-    _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2, strip,
+    _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2,
+                         max(PATCHWISE_STRIP_ROWS, strip),
                          inv_c, num)
     _finish_patchwise(padded, pad, height, width, f, w_self, inv_c, num, out)
     return out

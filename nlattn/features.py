@@ -1,0 +1,113 @@
+"""Patch vectors: the features non-local means compares, and the tokens of image attention.
+
+A pixel's patch vector holds the ``(2f+1)**2 * C`` values of the patch around it (reflect padding
+at the borders, as in the denoisers), each multiplied by the square root of its weight, the
+weights summing to 1.  The squared Euclidean distance of two patch vectors is then the (weighted)
+*mean* squared difference of the patches, the distance of :func:`nlattn.nl_means`, in squared
+image units: pure-noise patches sit at ``2 sigma**2`` (design section 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from nlattn._jit import jit
+from nlattn._validate import check_float, check_image, check_int
+
+
+def patch_weights(patch_radius: int, n_channels: int, gaussian_sigma: float | None = None):
+    """Per-element weights of a patch vector, in its element order, summing to 1.
+
+    Uniform by default; with ``gaussian_sigma`` (in pixels) the weight of an offset ``(a, b)`` is
+    proportional to ``exp(-(a**2 + b**2) / (2 gaussian_sigma**2))``.  Channels share their
+    pixel's weight equally.
+    """
+    side = 2 * patch_radius + 1
+    if gaussian_sigma is None:
+        spatial = np.ones((side, side))
+    else:
+        offsets = np.arange(-patch_radius, patch_radius + 1)
+        r2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
+        spatial = np.exp(-r2 / (2.0 * gaussian_sigma**2))
+    spatial /= spatial.sum()
+    return np.repeat(spatial.ravel() / n_channels, n_channels)
+
+
+@jit(parallel=True)
+def _extract_patches(planar_padded, pad, f, scale, out):
+    n_ch = planar_padded.shape[0]
+    height, width = out.shape[0], out.shape[1]
+    side = 2 * f + 1
+    for y in prange(height):
+        for a in range(side):
+            for b in range(side):
+                base = (a * side + b) * n_ch
+                for ch in range(n_ch):
+                    k = base + ch
+                    src = planar_padded[ch, y + pad - f + a, pad - f + b : pad - f + b + width]
+                    s = scale[k]
+                    for x in range(width):
+                        out[y, x, k] = s * src[x]
+
+
+def extract_patches(
+    image: np.ndarray,
+    patch_radius: int,
+    *,
+    gaussian_sigma: float | None = None,
+    centre: bool = False,
+) -> np.ndarray:
+    """The patch vector of every pixel.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Integer or float image.
+    patch_radius : int
+        Patches are ``(2 patch_radius + 1)**2`` pixels.
+    gaussian_sigma : float, optional
+        Weigh the patch's pixels by a Gaussian of this standard deviation (pixels) around its
+        centre; uniform weights when None.
+    centre : bool
+        Subtract the mean patch vector (over all pixels).  Distances are unchanged; dot products
+        (attention scores) lose a term that only shifts them, which helps random-feature methods.
+
+    Returns
+    -------
+    ndarray, shape (H, W, C * (2 patch_radius + 1)**2), float32
+        Element ``((a * side + b) * C + c)`` holds channel ``c`` of the pixel at offset
+        ``(a - f, b - f)`` times the square root of its weight (see :func:`patch_weights`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On an invalid image or parameter.
+
+    Notes
+    -----
+    O(n (2f+1)^2 C) time and memory.  ``||p_i - p_j||**2`` is the weighted mean squared
+    difference of the two patches.
+    """
+    image = check_image("image", image)
+    patch_radius = check_int("patch_radius", patch_radius, minimum=0, maximum=64)
+    if gaussian_sigma is not None:
+        gaussian_sigma = check_float("gaussian_sigma", gaussian_sigma, minimum=0.0,
+                                     strict_minimum=True)
+    if not isinstance(centre, bool):
+        raise TypeError(f"centre must be a bool, got {type(centre).__name__}")
+    planar = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    n_ch, height, width = planar.shape
+    pad = patch_radius
+    padded = np.ascontiguousarray(
+        np.pad(planar, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"), dtype=np.float32
+    )
+    scale = np.sqrt(patch_weights(patch_radius, n_ch, gaussian_sigma)).astype(np.float32)
+    out = np.empty((height, width, scale.size), np.float32)
+    _extract_patches(padded, pad, patch_radius, scale, out)
+    if centre:
+        out -= out.reshape(-1, scale.size).mean(axis=0, dtype=np.float64).astype(np.float32)
+    return out
+
+
+__all__ = ["extract_patches", "patch_weights"]
