@@ -2,7 +2,8 @@
 
 For each noise level, sweeps patch radius, search radius and h/sigma of ``nl_means`` (patch-wise
 aggregation) and reports the average PSNR; the best row per sigma is what
-``nlattn/denoise/presets.py`` uses.  Results: ``benchmarks/results/tune_nlm_<aggregation>_sigma<sigmas>.json``.
+``nlattn/denoise/presets.py`` uses.  Results:
+``benchmarks/results/tune_nlm_<aggregation>_sigma<sigmas>.json``.
 
     python benchmarks/tune_nlm.py --sigmas 15,25,50
 """

@@ -50,7 +50,14 @@ def exp_neg(y):
     z = min(max(y * _LOG2E, _ZERO), _MAX_Z)
     n = np.int32(z)
     r = z - np.float32(n)
-    p = _ONE + r * (_C1 + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * (_C7 + r * _C8)))))))
+    p = _C7 + r * _C8
+    p = _C6 + r * p
+    p = _C5 + r * p
+    p = _C4 + r * p
+    p = _C3 + r * p
+    p = _C2 + r * p
+    p = _C1 + r * p
+    p = _ONE + r * p
     scale = _bits_to_float32(np.int32((127 - n) << 23))
     if z >= _MAX_Z:
         scale = _ZERO

@@ -43,7 +43,9 @@ def jit(func=None, *, parallel: bool = False):
     """
 
     def wrap(f):
-        return numba.njit(f, cache=True, fastmath=set(FASTMATH_FLAGS), parallel=parallel, nogil=True)
+        return numba.njit(
+            f, cache=True, fastmath=set(FASTMATH_FLAGS), parallel=parallel, nogil=True
+        )
 
     if func is None:
         return wrap

@@ -470,8 +470,9 @@ def test_usage_errors(tmp_path, args, needle):
 
 
 def test_cli_method_choices_are_the_library_methods():
-    import nlattn
     from nlattn_cli.options import DENOISE_METHOD_NAMES
+
+    import nlattn
 
     assert sorted(DENOISE_METHOD_NAMES) == sorted(nlattn.DENOISE_METHODS)
 

@@ -311,8 +311,8 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
                         if q >= r0:  # forward: p = q, a real row of this strip
                             _box_row(vert_a, box_a, span)
                             for ch in range(n_ch):
-                                _add_product_into(num_p[ch, q - local0], box_a[f : f + width],
-                                                  padded[ch, q + pad + dy, dx + pad : dx + pad + width])
+                                src = padded[ch, q + pad + dy, dx + pad : dx + pad + width]
+                                _add_product_into(num_p[ch, q - local0], box_a[f : f + width], src)
                         p = q + dy  # backward: p = q + delta receives box(b)(q) * u(q)
                         if 0 <= p < height:
                             _box_row(vert_b, box_b, span)
