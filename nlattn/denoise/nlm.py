@@ -38,8 +38,6 @@ _ZERO = np.float32(0.0)
 
 #: Minimum number of rows a strip holds (fixed, so results never depend on the thread count).
 STRIP_ROWS = 32
-#: The patch-wise sweep recomputes weights on 2f rows around each strip: taller strips amortise it.
-PATCHWISE_STRIP_ROWS = 64
 
 
 def strip_rows(patch_radius: int, search_radius: int) -> int:
@@ -47,73 +45,90 @@ def strip_rows(patch_radius: int, search_radius: int) -> int:
     return max(STRIP_ROWS, patch_radius + search_radius)
 
 
+def patchwise_strip_rows(height: int, patch_radius: int, search_radius: int) -> int:
+    """Rows per strip of the patch-wise sweep, which recomputes weights on 2f rows around each
+    strip: taller strips amortise that, while 8 strips or more keep the threads busy."""
+    return max(patch_radius + search_radius, min(128, max(STRIP_ROWS, height // 8)))
+
+
 # Inner loops index views with their own loop variable only: an index like ``x0 + c`` makes Numba
 # emit a negative-index wraparound check that stops LLVM from vectorising the loop.
+#
+# Weights of one offset stream down the rows: the squared differences of the last 2f + 1 rows
+# live in a ring whose column sums slide (add the entering row, remove the leaving one), then a
+# horizontal box sum and the exponential give one row of weights.  Everything a row needs stays
+# in the L1/L2 cache whatever the image size.
 
 
 @jit
-def _offset_weights(
-    padded, pad, f, dy, dx, ra, rb, height, width, norm, two_sigma2, inv_h2, g0, gc0, sq, vs, out_w
-):
-    """Weights between query ``i`` and ``i + (dy, dx)`` for query rows ``[ra, rb)``.
+def _sq_row_into_ring(padded, y_pad, dy, x_pad, dx, tmp, vert, ring_row, first):
+    """Squared differences (summed over channels) of one row entering the vertical box.
 
-    ``out_w[y - g0, x - gc0]`` receives the weight of query ``(y, x)``; every other element of
-    ``out_w`` (invalid rows/columns, neighbours outside the image) is set to 0.
-    ``sq`` (rows >= rb - ra + 2f) and ``vs`` (2 rows) are scratch buffers with at least
-    ``width + 2f`` columns; ``norm``, ``two_sigma2`` and ``inv_h2`` are float32.
+    ``tmp[c] = sum_ch (u[y, x + c] - u[y + dy, x + dx + c])**2`` on padded coordinates; then
+    ``vert += tmp`` (``first``) or ``vert += tmp - ring_row``, and the ring row takes ``tmp``.
     """
     n_ch = padded.shape[0]
-    ra = max(ra, 0)
-    rb = min(rb, height - dy)
-    c_lo = max(0, -dx)
-    c_hi = min(width, width - dx)
-    if ra >= rb or c_lo >= c_hi:
-        out_w[:, :] = 0.0
-        return
-    # zero what is not written below
-    out_w[: ra - g0, :] = 0.0
-    out_w[rb - g0 :, :] = 0.0
-    out_w[ra - g0 : rb - g0, : c_lo - gc0] = 0.0
-    out_w[ra - g0 : rb - g0, c_hi - gc0 :] = 0.0
-    n_rows = rb - ra + 2 * f
-    n_cols = c_hi - c_lo + 2 * f
-    x0 = c_lo - f + pad
-    for rr in range(n_rows):
-        y = ra - f + rr + pad
-        row = sq[rr, :n_cols]
-        a = padded[0, y, x0 : x0 + n_cols]
-        b = padded[0, y + dy, x0 + dx : x0 + dx + n_cols]
-        for cc in range(n_cols):
-            d = a[cc] - b[cc]
-            row[cc] = d * d
-        for ch in range(1, n_ch):
-            a = padded[ch, y, x0 : x0 + n_cols]
-            b = padded[ch, y + dy, x0 + dx : x0 + dx + n_cols]
-            for cc in range(n_cols):
-                d = a[cc] - b[cc]
-                row[cc] += d * d
-    span = 2 * f + 1
-    n_out = c_hi - c_lo
-    base = c_lo - gc0
-    vert = vs[0, :n_cols]
-    horiz = vs[1, :n_out]
-    # vertical box sums slide down the rows (add the entering row, remove the leaving one)
-    vert[:] = sq[0, :n_cols]
+    n = tmp.shape[0]
+    a = padded[0, y_pad, x_pad : x_pad + n]
+    b = padded[0, y_pad + dy, x_pad + dx : x_pad + dx + n]
+    for c in range(n):
+        d = a[c] - b[c]
+        tmp[c] = d * d
+    for ch in range(1, n_ch):
+        a = padded[ch, y_pad, x_pad : x_pad + n]
+        b = padded[ch, y_pad + dy, x_pad + dx : x_pad + dx + n]
+        for c in range(n):
+            d = a[c] - b[c]
+            tmp[c] += d * d
+    if first:
+        for c in range(n):
+            vert[c] += tmp[c]
+            ring_row[c] = tmp[c]
+    else:
+        for c in range(n):
+            vert[c] += tmp[c] - ring_row[c]
+            ring_row[c] = tmp[c]
+
+
+@jit
+def _box_row(vert, out, span):
+    """``out[c] = sum_{t < span} vert[c + t]`` (explicit loops: a slice assignment between
+    arrays costs an overlap check and a temporary copy)."""
+    n = out.shape[0]
+    for c in range(n):
+        out[c] = vert[c]
     for t in range(1, span):
-        _add_into(vert, sq[t, :n_cols])
-    for r in range(rb - ra):
-        if r > 0:
-            entering = sq[r + span - 1, :n_cols]
-            leaving = sq[r - 1, :n_cols]
-            for cc in range(n_cols):
-                vert[cc] += entering[cc] - leaving[cc]
-        horiz[:] = vert[:n_out]
-        for t in range(1, span):
-            _add_into(horiz, vert[t : t + n_out])
-        out_row = out_w[ra + r - g0, base : base + n_out]
-        for c in range(n_out):
-            d2 = max(horiz[c] * norm - two_sigma2, _ZERO)
-            out_row[c] = exp_neg(d2 * inv_h2)
+        shifted = vert[t : t + n]
+        for c in range(n):
+            out[c] += shifted[c]
+
+
+@jit
+def _weights_row(padded, pad, f, dy, dx, y, first_row, c_lo, n_out, norm, two_sigma2, inv_h2,
+                 ring, vert, tmp, horiz, out):
+    """Weights ``w(i, i + (dy, dx))`` for query row ``y``, columns ``[c_lo, c_lo + n_out)``.
+
+    Rows are produced in order from ``first_row`` (which starts the ring afresh); ``ring``
+    (``2f + 1`` rows), ``vert``, ``tmp`` hold ``n_out + 2f`` columns, ``horiz`` and ``out``
+    ``n_out``.
+    """
+    span = 2 * f + 1
+    n_cols = n_out + 2 * f
+    x_pad = c_lo - f + pad
+    if y == first_row:
+        vert[:] = 0.0
+        for yy in range(y - f, y + f + 1):
+            _sq_row_into_ring(padded, yy + pad, dy, x_pad, dx, tmp[:n_cols], vert[:n_cols],
+                              ring[(yy + span) % span, :n_cols], True)
+    else:
+        yy = y + f
+        _sq_row_into_ring(padded, yy + pad, dy, x_pad, dx, tmp[:n_cols], vert[:n_cols],
+                          ring[(yy + span) % span, :n_cols], False)
+    h = horiz[:n_out]
+    _box_row(vert, h, span)
+    for c in range(n_out):
+        d2 = max(h[c] * norm - two_sigma2, _ZERO)
+        out[c] = exp_neg(d2 * inv_h2)
 
 
 @jit
@@ -176,28 +191,33 @@ def _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, i
             n_num = n_ch if want_num else 0
             num_l = np.zeros((n_num, local_rows, width), np.float64)
             num_p = np.zeros((n_num, local_rows, width), np.float32)
-            sq = np.empty((rows + 2 * f, width + 2 * f), np.float32)
-            vs = np.empty((2, width + 2 * f), np.float32)
-            w = np.empty((rows, width), np.float32)
+            ring = np.empty((2 * f + 1, width + 2 * f), np.float32)
+            vert = np.empty(width + 2 * f, np.float32)
+            tmp = np.empty(width + 2 * f, np.float32)
+            horiz = np.empty(width, np.float32)
+            w = np.empty(width, np.float32)
             for dy in range(s + 1):
                 for dx in range(-s, s + 1):
                     if dy == 0 and dx <= 0:
                         continue
-                    _offset_weights(padded, pad, f, dy, dx, r0, r1, height, width, norm,
-                                    two_sigma2, inv_h2, r0, 0, sq, vs, w)
                     c_lo = max(0, -dx)
                     c_hi = min(width, width - dx)
-                    for r in range(min(rows, height - dy - r0)):
-                        wr = w[r, c_lo:c_hi]
+                    n_out = c_hi - c_lo
+                    if n_out <= 0:
+                        continue
+                    wr = w[:n_out]
+                    for y in range(r0, min(r1, height - dy)):
+                        _weights_row(padded, pad, f, dy, dx, y, r0, c_lo, n_out, norm,
+                                     two_sigma2, inv_h2, ring, vert, tmp, horiz, wr)
+                        r = y - r0
                         _add_max_into(den_p[r, c_lo:c_hi], wmax_l[r, c_lo:c_hi], wr)
                         _add_max_into(den_p[r + dy, c_lo + dx : c_hi + dx],
                                       wmax_l[r + dy, c_lo + dx : c_hi + dx], wr)
-                        y = r0 + r + pad
                         for ch in range(n_num):
-                            _add_product_into(num_p[ch, r, c_lo:c_hi], wr,
-                                              padded[ch, y + dy, c_lo + dx + pad : c_hi + dx + pad])
-                            _add_product_into(num_p[ch, r + dy, c_lo + dx : c_hi + dx], wr,
-                                              padded[ch, y, c_lo + pad : c_hi + pad])
+                            neighbours = padded[ch, y + pad + dy, c_lo + dx + pad : c_hi + dx + pad]
+                            queries = padded[ch, y + pad, c_lo + pad : c_hi + pad]
+                            _add_product_into(num_p[ch, r, c_lo:c_hi], wr, neighbours)
+                            _add_product_into(num_p[ch, r + dy, c_lo + dx : c_hi + dx], wr, queries)
                 _flush(den_l, den_p)
                 _flush(num_l, num_p)
             for r in range(min(local_rows, height - r0)):
@@ -223,15 +243,6 @@ def _slide_out(vert, ring_row):
     for c in range(vert.shape[0]):
         vert[c] -= ring_row[c]
         ring_row[c] = 0.0
-
-
-@jit
-def _box_row(vert, out, span):
-    """``out[c] = sum_{t < span} vert[c + t]``."""
-    n = out.shape[0]
-    out[:] = vert[:n]
-    for t in range(1, span):
-        _add_into(out, vert[t : t + n])
 
 
 @jit(parallel=True)
@@ -268,9 +279,11 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
             local_rows = r1 - r0 + f + s
             num_l = np.zeros((n_ch, local_rows, width), np.float64)
             num_p = np.zeros((n_ch, local_rows, width), np.float32)
-            sq = np.empty((g_rows + 2 * f, width + 2 * f), np.float32)
-            vs = np.empty((2, g_cols), np.float32)
-            w = np.empty((g_rows, g_cols), np.float32)
+            ring = np.empty((span, width + 2 * f), np.float32)
+            vert = np.empty(width + 2 * f, np.float32)
+            tmp = np.empty(width + 2 * f, np.float32)
+            horiz = np.empty(width, np.float32)
+            w = np.empty(width, np.float32)
             ring_a = np.empty((span, g_cols), np.float32)
             ring_b = np.empty((span, g_cols), np.float32)
             vert_a = np.empty(g_cols, np.float32)
@@ -281,12 +294,16 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
                 for dx in range(-s, s + 1):
                     if dy == 0 and dx <= 0:
                         continue
-                    _offset_weights(padded, pad, f, dy, dx, g0, g0 + g_rows, height, width, norm,
-                                    two_sigma2, inv_h2, g0, -m, sq, vs, w)
                     c_lo = max(0, -dx)
                     c_hi = min(width, width - dx)
+                    n_out = c_hi - c_lo
+                    if n_out <= 0:
+                        continue
+                    ya = max(g0, 0)  # query rows with weights: [ya, yb)
+                    yb = min(g0 + g_rows, height - dy)
                     p_lo = max(0, dx - f)
                     p_hi = min(width, width + dx + f)
+                    wr = w[:n_out]
                     ring_a[:, :] = 0.0
                     ring_b[:, :] = 0.0
                     vert_a[:] = 0.0
@@ -298,8 +315,9 @@ def _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv
                         row_b = ring_b[gr % span, c_lo + m : c_hi + m]
                         va = vert_a[c_lo + m : c_hi + m]
                         vb = vert_b[c_lo + m : c_hi + m]
-                        if 0 <= y < height - dy:
-                            wr = w[gr, c_lo + m : c_hi + m]
+                        if ya <= y < yb:
+                            _weights_row(padded, pad, f, dy, dx, y, ya, c_lo, n_out, norm,
+                                         two_sigma2, inv_h2, ring, vert, tmp, horiz, wr)
                             _slide_in(va, row_a, wr, inv_c[y, c_lo:c_hi])
                             _slide_in(vb, row_b, wr, inv_c[y + dy, c_lo + dx : c_hi + dx])
                         else:
@@ -403,7 +421,6 @@ def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: f
     inv_c = np.empty((height, width), np.float32)
     _self_weights(height, width, den, wmax, w_self, inv_c)
     _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2,
-                         max(PATCHWISE_STRIP_ROWS, strip),
-                         inv_c, num)
+                         patchwise_strip_rows(height, f, s), inv_c, num)
     _finish_patchwise(padded, pad, height, width, f, w_self, inv_c, num, out)
     return out
