@@ -15,7 +15,6 @@ Three layers of checks:
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import numba
@@ -29,6 +28,9 @@ from nlattn.denoise.skimage_compat import (
     _warmup,
     denoise_nl_means,
 )
+from tests.naive import schraudolph_exp as _schraudolph_exp
+from tests.naive import skimage_nlm_fast as _twin_fast
+from tests.naive import skimage_nlm_slow as _twin_slow
 
 skimage_restoration = pytest.importorskip("skimage.restoration")
 skimage_util = pytest.importorskip("skimage.util")
@@ -42,88 +44,6 @@ skimage_util = pytest.importorskip("skimage.util")
 # Observed on the noisy [0, 1] images below: max differences 2e-3 to 5e-3, mean 1e-4 to 1.5e-3.
 _R_MIN, _R_MAX = 0.96061, 1.01966
 _FAST_EXP_BOUND = (_R_MAX - _R_MIN) / (2 * _R_MIN)
-
-
-def _schraudolph_exp(y):
-    """scikit-image's ``_fast_exp``: high word of a double = int32(EXP_A * y) + EXP_BC, low 0."""
-    high = np.trunc(1512775.3951951856938 * np.asarray(y, np.float64)).astype(np.int64)
-    return ((high + 1072632447) << 32).view(np.float64)
-
-
-def _twin_fast(image, s, d, h, sigma, expfn=np.exp):
-    """Fast mode by its definition: ``image`` is (spatial..., C); returns float64, same shape.
-
-    Reflect padding by o + d + 1; for every shift t in [-d, d]^D (window never clipped) the
-    box (-o, o]^D of squared differences summed over channels, minus (2o)^D C 2 sigma^2,
-    clamped at 0 and divided by C h^2 s^D; weight exp(-dist) if dist <= 5 else 0.
-    """
-    img = np.asarray(image, np.float64)
-    ndim, n_ch, shape = img.ndim - 1, img.shape[-1], img.shape[:-1]
-    s += 1 - s % 2
-    o = s // 2
-    pad = o + d + 1
-    xp = np.pad(img, [(pad, pad)] * ndim + [(0, 0)], mode="reflect")
-    num = np.zeros(img.shape)
-    den = np.zeros(shape)
-    for t in itertools.product(range(-d, d + 1), repeat=ndim):
-        if o == 0:
-            box = np.zeros(shape)
-        else:
-            region = tuple(slice(pad - o + 1, pad + n + o) for n in shape)
-            moved = tuple(slice(pad - o + 1 + tk, pad + n + o + tk)
-                          for n, tk in zip(shape, t, strict=True))
-            sq = ((xp[region] - xp[moved]) ** 2).sum(-1)
-            box = sliding_window_view(sq, (2 * o,) * ndim).sum(axis=tuple(range(ndim, 2 * ndim)))
-        dist = np.maximum(box - (2 * o) ** ndim * n_ch * 2 * sigma**2, 0) / (n_ch * h * h * s**ndim)
-        w = np.where(dist <= 5, expfn(-np.minimum(dist, 5)), 0.0)
-        window = tuple(slice(pad + tk, pad + n + tk) for n, tk in zip(shape, t, strict=True))
-        num += w[..., None] * xp[window]
-        den += w
-    return num / den[..., None]
-
-
-def _twin_slow(image, s, d, h, sigma, expfn=np.exp):
-    """Slow mode by its definition: ``image`` is (spatial..., C); returns float64, same shape.
-
-    Reflect padding by o; neighbours are real pixels within d on every axis; a dense Gaussian
-    G (A = (s - 1) / 4, normalised to sum 1 / (C h^2)) weighs the s^D patch; the partial sum is
-    checked against 5 before each patch row after the first (axis 0), as scikit-image exits
-    early; weight exp(-max(dist, 0)).  s == 1: scikit-image's 0/0 Gaussian gives equal weights.
-    """
-    img = np.asarray(image, np.float64)
-    ndim, n_ch, shape = img.ndim - 1, img.shape[-1], img.shape[:-1]
-    s += 1 - s % 2
-    o = s // 2
-    xp = np.pad(img, [(o, o)] * ndim + [(0, 0)], mode="reflect")
-    if s == 1:
-        gauss = np.zeros((1,) * ndim)
-    else:
-        a = (s - 1) / 4
-        r = np.arange(-o, o + 1.0)
-        grids = np.meshgrid(*([r] * ndim), indexing="ij")
-        gauss = np.exp(-sum(g * g for g in grids) / (2 * a * a))
-        gauss /= n_ch * gauss.sum() * h * h
-    num = np.zeros(img.shape)
-    den = np.zeros(shape)
-    for t in itertools.product(range(-d, d + 1), repeat=ndim):
-        p = [slice(max(0, -tk), min(n, n - tk)) for n, tk in zip(shape, t, strict=True)]
-        sub = tuple(sl.stop - sl.start for sl in p)
-        if min(sub) <= 0:
-            continue
-        part = np.zeros(sub)
-        worst = np.full(sub, -np.inf)
-        for off in itertools.product(range(s), repeat=ndim):
-            if off[0] >= 1 and not any(off[1:]):
-                worst = np.maximum(worst, part)
-            a = xp[tuple(slice(sl.start + k, sl.stop + k) for sl, k in zip(p, off, strict=True))]
-            b = xp[tuple(slice(sl.start + k + tk, sl.stop + k + tk)
-                         for sl, k, tk in zip(p, off, t, strict=True))]
-            part += gauss[off] * (((a - b) ** 2).sum(-1) - n_ch * 2 * sigma**2)
-        w = np.where(worst > 5, 0.0, expfn(-np.maximum(part, 0)))
-        num[tuple(p)] += w[..., None] * img[tuple(slice(sl.start + tk, sl.stop + tk)
-                                                   for sl, tk in zip(p, t, strict=True))]
-        den[tuple(p)] += w
-    return num / den[..., None]
 
 
 def _twin(image, s, d, h, sigma, fast, channel_axis=None, expfn=np.exp):
