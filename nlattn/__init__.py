@@ -5,7 +5,7 @@ on disk), or all at once by :func:`nlattn.warmup`.
 """
 
 from nlattn.denoise import DENOISE_METHODS, denoise_nl_means, estimate_sigma, nl_means
-from nlattn.features import extract_patches
+from nlattn.features import extract_patches, nlm_tokens
 from nlattn.io import ImageMeta, ImageReadError, read_image, write_image
 from nlattn.warmup import warmup
 
@@ -19,6 +19,7 @@ __all__ = [
     "denoise_nl_means",
     "estimate_sigma",
     "extract_patches",
+    "nlm_tokens",
     "nl_means",
     "read_image",
     "warmup",

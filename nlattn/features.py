@@ -110,4 +110,86 @@ def extract_patches(
     return out
 
 
-__all__ = ["extract_patches", "patch_weights"]
+def pca_reduce(vectors: np.ndarray, n_components: int) -> np.ndarray:
+    """Project vectors ``(..., D)`` on their ``n_components`` principal axes (float32).
+
+    The axes are the leading eigenvectors of the (uncentred) second-moment matrix, computed in
+    float64 over all vectors: distances between vectors are kept up to the discarded energy, and
+    centred vectors (``extract_patches(..., centre=True)``) make it the usual PCA.  O(n D^2).
+    """
+    n_components = check_int("pca", n_components, minimum=1, maximum=vectors.shape[-1])
+    flat = vectors.reshape(-1, vectors.shape[-1]).astype(np.float64)
+    moments = flat.T @ flat
+    _, eigenvectors = np.linalg.eigh(moments)
+    axes = eigenvectors[:, ::-1][:, :n_components]
+    # a deterministic sign for each axis: its largest component positive
+    axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(n_components)])
+    reduced = flat @ axes
+    return reduced.reshape(vectors.shape[:-1] + (n_components,)).astype(np.float32)
+
+
+def nlm_tokens(
+    image: np.ndarray,
+    patch_radius: int = 2,
+    h: float | None = None,
+    *,
+    pca: int | None = None,
+    centre: bool = True,
+    gaussian_sigma: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries, keys and values that make softmax attention compute non-local means.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Integer or float image.
+    patch_radius : int
+        Patches are ``(2 patch_radius + 1)**2`` pixels.
+    h : float, optional
+        Filter strength in the image's units (> 0); None: the ``nl_means`` preset's h for the
+        noise level :func:`nlattn.estimate_sigma` finds (1 grey level when it finds none).
+    pca : int, optional
+        Reduce the patch vectors to this many principal components first.
+    centre : bool
+        Subtract the mean patch vector (free: translation invariance; keeps scores small).
+    gaussian_sigma : float, optional
+        Gaussian weighting of the patch pixels (see :func:`extract_patches`).
+
+    Returns
+    -------
+    q, k, v : ndarray
+        ``q = [p, 1]`` and ``k = [2 p, -|p|**2] / h**2`` of shape ``(H, W, D + 1)``, ``v`` the
+        pixel values ``(H, W, C)``, all float32.  With ``scale=1``, the score
+        ``q_i . k_j = (|p_i|**2 - |p_i - p_j|**2) / h**2`` differs from the NLM log-weight
+        ``-|p_i - p_j|**2 / h**2`` by a term of ``i`` alone, which the softmax cancels: so
+        ``nlattn.attention(q, k, v, "exact", scale=1.0)`` is global non-local means (with the
+        centre weighted like any other pixel and no ``sigma`` offset).
+
+    Notes
+    -----
+    O(n D) time and memory, plus O(n D^2) for ``pca``.  Design section 1.
+    """
+    image = check_image("image", image)
+    patches = extract_patches(image, patch_radius, gaussian_sigma=gaussian_sigma, centre=centre)
+    if pca is not None:
+        patches = pca_reduce(patches, pca)
+    if h is None:
+        from nlattn.denoise import data_range, estimate_sigma
+        from nlattn.denoise.presets import nlm_preset
+
+        sigma = estimate_sigma(image)
+        n_channels = 1 if image.ndim == 2 else image.shape[2]
+        ratio = nlm_preset(sigma * 255.0 / data_range(image), n_channels).h_over_sigma
+        h = ratio * sigma if sigma > 0 else data_range(image) / 255.0
+    h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    p = patches.astype(np.float64)
+    inv_h2 = 1.0 / (h * h)
+    ones = np.ones(p.shape[:-1] + (1,))
+    queries = np.concatenate([p, ones], axis=-1).astype(np.float32)
+    keys = np.concatenate([2.0 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
+    keys = (keys * inv_h2).astype(np.float32)
+    values = image[:, :, None] if image.ndim == 2 else image
+    return queries, keys, np.ascontiguousarray(values, dtype=np.float32)
+
+
+__all__ = ["extract_patches", "nlm_tokens", "patch_weights", "pca_reduce"]
