@@ -12,10 +12,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
-def nlm(image, patch_radius, search_radius, h, sigma=0.0, aggregation="patch"):
+def nlm(image, patch_radius, search_radius, h, sigma=0.0, aggregation="patch", extra=None):
     """Windowed NLM by its definition (see nlattn/denoise/nlm.py).
 
-    ``image`` is ``(H, W)`` or ``(H, W, C)``; returns float64 of the same shape.
+    ``image`` is ``(H, W)`` or ``(H, W, C)``; returns float64 of the same shape.  ``extra``
+    (``(H, W, k)`` flat indices, -1 for none) adds neighbours outside the search window.
     """
     u = np.asarray(image, dtype=np.float64)
     grey = u.ndim == 2
@@ -40,6 +41,12 @@ def nlm(image, patch_radius, search_radius, h, sigma=0.0, aggregation="patch"):
                         continue
                     d2 = np.mean((p_i - patch(yy, xx)) ** 2)
                     found.append(((yy, xx), np.exp(-max(d2 - 2 * sigma**2, 0.0) / h**2)))
+            for j in [] if extra is None else extra[y, x]:
+                yy, xx = divmod(int(j), width)
+                if j < 0 or (abs(yy - y) <= s and abs(xx - x) <= s):
+                    continue  # empty, or already in the window
+                d2 = np.mean((p_i - patch(yy, xx)) ** 2)
+                found.append(((yy, xx), np.exp(-max(d2 - 2 * sigma**2, 0.0) / h**2)))
             w_self = max((w for _, w in found), default=0.0)
             if w_self <= 0.0:
                 w_self = 1.0

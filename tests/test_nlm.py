@@ -210,3 +210,19 @@ def test_fast_exp_matches_numpy():
     tolerance = ref[keep] * (1e-6 + y[keep] * 2.0**-23)
     assert np.all(np.abs(out[keep] - ref[keep]) <= tolerance)
     assert out[-1] == 0.0 and out[-2] == 0.0
+
+
+@pytest.mark.parametrize("aggregation", ["patch", "pixel"])
+@pytest.mark.parametrize("shape", [(23, 19), (17, 21, 3)])
+def test_extra_neighbours_match_naive(shape, aggregation):
+    from nlattn.denoise.nlm import nlm_windowed
+
+    rng = _rng(11)
+    image = rng.random(shape).astype(np.float32)
+    height, width = shape[:2]
+    extra = rng.integers(-1, height * width, size=(height, width, 5)).astype(np.int32)
+    planar = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    out = nlm_windowed(np.ascontiguousarray(planar), 1, 2, 0.3, 0.05, aggregation, extra)
+    out = out[0] if image.ndim == 2 else np.moveaxis(out, 0, -1)
+    ref = naive.nlm(image, 1, 2, 0.3, 0.05, aggregation, extra=extra)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)

@@ -391,10 +391,82 @@ def _finish_patchwise(padded, pad, height, width, f, w_self, inv_c, num, out):
                 out[ch, y, c] = (num[ch, y, c] + self_sum * u) / count
 
 
+@jit(parallel=True)
+def _extra_weights(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2, extra, want_num,
+                   den, wmax, num, extra_w):
+    """Weights of the extra neighbours (kNN matches outside the search window) of each query.
+
+    ``extra_w[y, x, m]`` receives the weight of ``extra[y, x, m]`` (0 for an empty slot, the
+    query itself, or a match inside the window, which the window sweep already counted); the
+    query's ``den``, ``wmax`` and (pixel-wise) ``num`` take them in.
+    """
+    n_ch = padded.shape[0]
+    side = 2 * f + 1
+    k = extra.shape[2]
+    for y in prange(height):
+        for x in range(width):
+            for m in range(k):
+                j = extra[y, x, m]
+                extra_w[y, x, m] = 0.0
+                if j < 0:
+                    continue
+                jy = j // width
+                jx = j - jy * width
+                if abs(jy - y) <= s and abs(jx - x) <= s:
+                    continue
+                acc = np.float32(0.0)
+                for ch in range(n_ch):
+                    for a in range(side):
+                        qa = padded[ch, y + pad - f + a, x + pad - f : x + pad + f + 1]
+                        ka = padded[ch, jy + pad - f + a, jx + pad - f : jx + pad + f + 1]
+                        for b in range(side):
+                            diff = qa[b] - ka[b]
+                            acc += diff * diff
+                d2 = max(acc * norm - two_sigma2, _ZERO)
+                w = exp_neg(d2 * inv_h2)
+                extra_w[y, x, m] = w
+                den[y, x] += w
+                wmax[y, x] = max(wmax[y, x], w)
+                if want_num:
+                    for ch in range(n_ch):
+                        num[ch, y, x] += w * padded[ch, jy + pad, jx + pad]
+
+
+@jit(parallel=True)
+def _extra_patchwise(padded, pad, height, width, f, extra, extra_w, inv_c, num):
+    """Patch-wise contributions of the extra neighbours, gathered at each pixel ``p``:
+    ``num(p) += sum_t sum_m w(p - t, m) / C(p - t) * u(j_m + t)`` over real queries ``p - t``."""
+    n_ch = padded.shape[0]
+    k = extra.shape[2]
+    for y in prange(height):
+        for x in range(width):
+            for ty in range(-f, f + 1):
+                qy = y - ty
+                if qy < 0 or qy >= height:
+                    continue
+                for tx in range(-f, f + 1):
+                    qx = x - tx
+                    if qx < 0 or qx >= width:
+                        continue
+                    scale = inv_c[qy, qx]
+                    for m in range(k):
+                        w = extra_w[qy, qx, m]
+                        if w == 0.0:
+                            continue
+                        j = extra[qy, qx, m]
+                        jy = j // width
+                        jx = j - jy * width
+                        for ch in range(n_ch):
+                            num[ch, y, x] += (w * scale) * padded[ch, jy + ty + pad,
+                                                                  jx + tx + pad]
+
+
 def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: float,
-                 sigma: float, aggregation: str) -> np.ndarray:
+                 sigma: float, aggregation: str, extra: np.ndarray | None = None) -> np.ndarray:
     """Run windowed NLM on a float32 planar image ``(C, H, W)``; returns ``(C, H, W)`` float32.
 
+    ``extra`` (``(H, W, k)`` int32 flat indices, -1 for none) adds neighbours beyond the search
+    window to each query's support (PatchMatch matches: ``nl_means(method="scram")``).
     Arguments are assumed valid (the public :func:`nlattn.nl_means` checks them).
     """
     n_ch, height, width = planar.shape
@@ -413,6 +485,10 @@ def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: f
     num = np.zeros((n_ch, height, width), np.float64)
     _nlm_sweep_normalisers(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2, strip,
                            pixelwise, den, wmax, num)
+    if extra is not None:
+        extra_w = np.empty(extra.shape, np.float32)
+        _extra_weights(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2, extra,
+                       pixelwise, den, wmax, num, extra_w)
     out = np.empty((n_ch, height, width), np.float32)
     if pixelwise:
         _finish_pixelwise(padded, pad, height, width, den, wmax, num, out)
@@ -422,5 +498,7 @@ def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: f
     _self_weights(height, width, den, wmax, w_self, inv_c)
     _nlm_sweep_patchwise(padded, pad, height, width, f, s, norm, two_sigma2, inv_h2,
                          patchwise_strip_rows(height, f, s), inv_c, num)
+    if extra is not None:
+        _extra_patchwise(padded, pad, height, width, f, extra, extra_w, inv_c, num)
     _finish_patchwise(padded, pad, height, width, f, w_self, inv_c, num, out)
     return out
