@@ -7,6 +7,7 @@ and each command imports the library inside its function.
 from __future__ import annotations
 
 import click
+from nlattn_cli.attnmap import attnmap
 from nlattn_cli.denoise import denoise
 from nlattn_cli.methods import methods
 from nlattn_cli.warmup import warmup
@@ -53,6 +54,7 @@ def cli() -> None:
 
 
 cli.add_command(denoise)
+cli.add_command(attnmap)
 cli.add_command(methods)
 cli.add_command(warmup)
 

@@ -10,7 +10,7 @@ import click
 
 #: The names of ``nlattn.DENOISE_METHODS``, spelled out so that ``--help`` needs no import of
 #: the library (a test keeps the two equal).
-DENOISE_METHOD_NAMES = ("nlm",)
+DENOISE_METHOD_NAMES = ("nlm", "scram")
 
 
 class ParameterError(click.ClickException):

@@ -4,6 +4,7 @@ Importing the package compiles nothing: every kernel is compiled lazily on first
 on disk), or all at once by :func:`nlattn.warmup`.
 """
 
+from nlattn.attention import METHODS, attention, attention_rows
 from nlattn.denoise import DENOISE_METHODS, denoise_nl_means, estimate_sigma, nl_means
 from nlattn.features import extract_patches, nlm_tokens
 from nlattn.io import ImageMeta, ImageReadError, read_image, write_image
@@ -15,7 +16,10 @@ __all__ = [
     "DENOISE_METHODS",
     "ImageMeta",
     "ImageReadError",
+    "METHODS",
     "__version__",
+    "attention",
+    "attention_rows",
     "denoise_nl_means",
     "estimate_sigma",
     "extract_patches",

@@ -44,4 +44,13 @@ def warmup() -> dict[str, float]:
     start = time.perf_counter()
     warmup_skimage_compat()
     timings["denoise_nl_means (scikit-image drop-in)"] = time.perf_counter() - start
+
+    from nlattn.attention import attention, attention_rows
+
+    start = time.perf_counter()
+    tokens = rng.random((9, 11, 4)).astype(np.float32)
+    for method in ("exact", "local"):
+        attention(tokens, tokens, colour, method)
+        attention_rows(tokens, tokens, [(0, 0), (8, 10)], method)
+    timings["attention (exact, local)"] = time.perf_counter() - start
     return timings

@@ -182,3 +182,99 @@ def skimage_nlm_slow(image, s, d, h, sigma, expfn=np.exp):
                                                    for sl, tk in zip(p, t, strict=True))]
         den[tuple(p)] += w
     return num / den[..., None]
+
+
+# --- attention (design section 1): dense and windowed softmax attention ------------------------
+
+
+def softmax_attention(queries, keys, values, scale):
+    """Dense softmax attention by its definition: ``out_i = sum_j softmax_j(scale q_i.k_j) v_j``.
+
+    ``queries``/``keys`` are ``(H, W, d)``, ``values`` ``(H, W, dv)``; every pixel attends to
+    every pixel (itself included).  Returns float64 ``(H, W, dv)``.
+    """
+    maps = softmax_rows_all(queries, keys, scale)
+    out = np.einsum("ihw,hwc->ic", maps, np.asarray(values, np.float64))
+    return out.reshape(queries.shape[0], queries.shape[1], values.shape[2])
+
+
+def softmax_rows_all(queries, keys, scale):
+    """The dense attention matrix: one ``(H, W)`` map per query, row-major: ``(n, H, W)``."""
+    q = np.asarray(queries, np.float64).reshape(-1, queries.shape[2])
+    k = np.asarray(keys, np.float64).reshape(-1, keys.shape[2])
+    scores = scale * (q @ k.T)
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.reshape(-1, keys.shape[0], keys.shape[1])
+
+
+def softmax_rows(queries, keys, positions, scale):
+    """Dense attention rows of the query pixels ``positions`` ((y, x) pairs): ``(m, H, W)``."""
+    width = queries.shape[1]
+    every = softmax_rows_all(queries, keys, scale)
+    return np.array([every[y * width + x] for y, x in positions]).reshape(-1, *keys.shape[:2])
+
+
+def windowed_rows(queries, keys, positions, scale, window_radius):
+    """Softmax over the keys of the ``(2r+1)^2`` window around each query, clipped to the grid,
+    written into a zero ``(H, W)`` map per query: ``(m, H, W)`` float64."""
+    height, width = keys.shape[:2]
+    r = window_radius
+    out = np.zeros((len(positions), height, width))
+    for p, (y, x) in enumerate(positions):
+        q = np.asarray(queries[y, x], np.float64)
+        scores = {}
+        for yy in range(max(0, y - r), min(height, y + r + 1)):
+            for xx in range(max(0, x - r), min(width, x + r + 1)):
+                scores[yy, xx] = scale * float(q @ np.asarray(keys[yy, xx], np.float64))
+        top = max(scores.values())
+        total = sum(np.exp(s - top) for s in scores.values())
+        for (yy, xx), s in scores.items():
+            out[p, yy, xx] = np.exp(s - top) / total
+    return out
+
+
+def windowed_attention(queries, keys, values, scale, window_radius):
+    """Windowed softmax attention by its definition: each query attends to the keys of the
+    ``(2r+1)^2`` window around it, clipped to the grid.  Returns float64 ``(H, W, dv)``."""
+    height, width = queries.shape[:2]
+    positions = [(y, x) for y in range(height) for x in range(width)]
+    maps = windowed_rows(queries, keys, positions, scale, window_radius)
+    out = np.einsum("ihw,hwc->ic", maps, np.asarray(values, np.float64))
+    return out.reshape(height, width, values.shape[2])
+
+
+def support_softmax(queries, keys, values, supports, scale):
+    """Softmax attention of each query over its own support (a set of flat key indices)."""
+    q = np.asarray(queries, np.float64)
+    height, width, _ = q.shape
+    k = np.asarray(keys, np.float64).reshape(height * width, -1)
+    v = np.asarray(values, np.float64).reshape(height * width, -1)
+    out = np.zeros((height, width, v.shape[1]))
+    for y in range(height):
+        for x in range(width):
+            ids = np.array(sorted(supports[y][x]))
+            s = scale * (k[ids] @ q[y, x])
+            w = np.exp(s - s.max())
+            out[y, x] = w @ v[ids] / w.sum()
+    return out
+
+
+def scram_supports(matches, height, width, window_radius, local_radius=None):
+    """SCRAM's support: the union of the windows around each match (and the query's own)."""
+    supports = []
+    for y in range(height):
+        row = []
+        for x in range(width):
+            ids = set()
+            centres = [(int(j) // width, int(j) % width) for j in matches[y, x] if j >= 0]
+            windows = [(cy, cx, window_radius) for cy, cx in centres]
+            if local_radius is not None:
+                windows.append((y, x, local_radius))
+            for cy, cx, r in windows:
+                for yy in range(max(0, cy - r), min(height, cy + r + 1)):
+                    for xx in range(max(0, cx - r), min(width, cx + r + 1)):
+                        ids.add(yy * width + xx)
+            row.append(ids)
+        supports.append(row)
+    return supports

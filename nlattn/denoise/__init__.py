@@ -7,10 +7,9 @@ same name; :func:`estimate_sigma` measures the noise for ``sigma=None``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
+from nlattn._methods import MethodInfo
 from nlattn._validate import (
     check_choice,
     check_float,
@@ -24,16 +23,6 @@ from nlattn.denoise.noise import estimate_sigma
 from nlattn.denoise.presets import nlm_preset
 from nlattn.denoise.skimage_compat import denoise_nl_means
 
-
-class MethodInfo(NamedTuple):
-    """What a method is, what it costs and which parameters it takes."""
-
-    name: str
-    description: str
-    complexity: str
-    parameters: tuple[str, ...]
-
-
 DENOISE_METHODS: dict[str, MethodInfo] = {
     "nlm": MethodInfo(
         "nlm",
@@ -42,7 +31,20 @@ DENOISE_METHODS: dict[str, MethodInfo] = {
         "O(n s^2) time (patch size free: box sums), O(n) memory",
         ("sigma", "h", "patch_radius", "search_radius", "aggregation"),
     ),
+    "scram": MethodInfo(
+        "scram",
+        "PatchMatch-global NLM (SCRAM's support for denoising): the windowed NLM support plus "
+        "each pixel's k most similar patches anywhere in the image, found by kNN PatchMatch on "
+        "PCA-reduced patch vectors; better on repeated texture far apart.",
+        "O(n (s^2 + k (2f+1)^2 + PatchMatch n_iters k^2 d)) time, O(n k) memory",
+        ("sigma", "h", "patch_radius", "search_radius", "k", "seed", "aggregation"),
+    ),
 }
+
+#: Neighbours PatchMatch adds to each pixel's support in ``method="scram"`` when ``k`` is None.
+SCRAM_K = 16
+#: Patch vectors are reduced to this many principal components for the PatchMatch search.
+SCRAM_PCA = 16
 
 AGGREGATIONS = ("patch", "pixel")
 
@@ -92,8 +94,9 @@ def nl_means(
     image : ndarray, shape (H, W) or (H, W, C)
         Grey or colour (any number of channels, denoised jointly: one weight per pixel pair)
         image of any integer or float dtype.
-    method : {"nlm"}
-        The denoiser; see :data:`nlattn.DENOISE_METHODS`.
+    method : {"nlm", "scram"}
+        The denoiser; see :data:`nlattn.DENOISE_METHODS`.  ``"scram"`` adds to each pixel's
+        search window its ``k`` most similar patches anywhere in the image (kNN PatchMatch).
     sigma : float, optional
         Standard deviation of the noise in the image's units (grey levels for 8-bit images).
         ``None`` estimates it with :func:`estimate_sigma`.  Patch distances below ``2 sigma**2``
@@ -106,9 +109,10 @@ def nl_means(
         Patches are ``(2 patch_radius + 1)**2`` pixels, the search window
         ``(2 search_radius + 1)**2``.  ``None``: from the preset for ``sigma``.
     k : int, optional
-        Number of neighbours for kNN-based methods; windowed NLM takes none (must be None).
+        Neighbours PatchMatch adds per pixel (``"scram"``; default 16); ``"nlm"`` takes none
+        (must be None).
     seed : int
-        Seed of randomised methods (windowed NLM is deterministic and ignores it).
+        Seed of randomised methods (PatchMatch); the same seed gives the same output.
     aggregation : {"patch", "pixel"}
         ``"patch"`` (default) averages every patch's estimate back into all its pixels (IPOL),
         ``"pixel"`` keeps only the centre's estimate (classic NLM, faster).
@@ -147,8 +151,10 @@ def nl_means(
     check_choice("aggregation", aggregation, AGGREGATIONS)
     check_seed(seed)
     n_threads = check_n_threads(n_threads)
-    if k is not None:
+    if method == "nlm" and k is not None:
         raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
+    if method == "scram":
+        k = SCRAM_K if k is None else check_int("k", k, minimum=1, maximum=256)
     if sigma is None:
         sigma = estimate_sigma(image)
     sigma = check_float("sigma", sigma, minimum=0.0)
@@ -169,9 +175,33 @@ def nl_means(
     from nlattn.denoise.nlm import nlm_windowed
 
     with numba_threads(n_threads):
+        extra = None
+        if method == "scram":
+            extra = _patchmatch_neighbours(image, patch_radius, k, seed)
         planar = nlm_windowed(_to_planar(image), patch_radius, search_radius, h, sigma,
-                              aggregation)
+                              aggregation, extra)
     return _from_planar(planar, image)
+
+
+def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: int) -> np.ndarray:
+    """Each pixel's ``k`` nearest patches (squared distance of PCA-reduced patch vectors, self
+    excluded), as flat indices ``(H, W, k)``; -1 where the image has fewer pixels."""
+    from nlattn.features import extract_patches, pca_reduce
+    from nlattn.patchmatch import knn_patchmatch
+
+    patches = extract_patches(image, patch_radius, centre=True)
+    if patches.shape[-1] > SCRAM_PCA:
+        patches = pca_reduce(patches, SCRAM_PCA)
+    n_pixels = image.shape[0] * image.shape[1]
+    if n_pixels < 2:
+        return np.full(image.shape[:2] + (k,), -1, np.int32)
+    p = patches.astype(np.float64)
+    # maximising q.k with q = [p, 1], k = [2p, -|p|^2] minimises |p_i - p_j|^2 (design section 1)
+    queries = np.concatenate([p, np.ones(p.shape[:-1] + (1,))], axis=-1).astype(np.float32)
+    keys = np.concatenate([2 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
+    field = knn_patchmatch(queries, keys.astype(np.float32), k=min(k, n_pixels - 1), seed=seed,
+                           exclude_self=True, scale=1.0)
+    return np.ascontiguousarray(field.indices, dtype=np.int32)
 
 
 __all__ = ["DENOISE_METHODS", "MethodInfo", "data_range", "denoise_nl_means", "estimate_sigma",

@@ -1,0 +1,470 @@
+"""k-nearest-neighbour PatchMatch over any grid of query and key vectors.
+
+For every query pixel ``i`` of an ``(H, W, d)`` grid, :func:`knn_patchmatch` finds the ``k`` key
+pixels ``j`` with the highest scores ``scale * q_i . k_j``.  Squared Euclidean distances (NLM's
+patch distances) come through the augmented vectors of design section 1: with ``q = [p, 1]`` and
+``k = [2p, -|p|**2]`` the score is ``|p_i|**2 - |p_i - p_j|**2``, so the best scores are the
+nearest patches.
+
+Algorithm: PatchMatch (Barnes et al. 2009) in its k-NN form (Barnes et al. 2010), with the
+forward enrichment of NN-descent (Dong et al. 2011).
+
+1. Initialisation: ``k`` distinct random keys per pixel.
+2. Each iteration runs four sweeps over the grid: rows left to right, columns top to bottom, rows
+   right to left, columns bottom to top.  A sweep is classic PatchMatch propagation along one
+   axis: pixel ``i`` tries the matches of the pixel before it in the sweep, shifted by one pixel,
+   so a good match travels the whole length of a row or column in one sweep.
+3. The last sweep of an iteration also runs forward enrichment, the matches of ``i``'s matches,
+   and random search: around ``SEARCH_MATCHES`` of ``i``'s matches, one random key in a window
+   of radius ``max(H, W) / 2**t``, ``t = 0, 1, ...``, down to 1 pixel.
+4. Every heap entry carries the pass that inserted it.  A propagated or enriched candidate is only
+   proposed when an entry it comes from is new since the same kind of step last ran: older
+   combinations were proposed then, and a rejected candidate stays rejected because a heap's
+   worst score only rises.  Candidates already in the heap or already proposed for this pixel in
+   this pass are skipped before they are scored.  This skips most of the work once the field
+   settles, without changing the result.
+
+Determinism: the lines of a sweep (rows or columns) are processed in parallel, each by one
+thread, in a fixed order.  A sweep reads the previous pass's field as a read-only snapshot and
+writes a new one; within a line, pixel ``i`` also reads the new heap of the pixel before it,
+which the same thread has just written.  All randomness is a hash of ``(seed, pixel, pass,
+trial)`` (:mod:`nlattn._rng`).  So the field is bit-identical at any thread count.
+
+Performance notes: the hot loops call only small helpers that LLVM inlines.  A jitted call that
+is not inlined costs 20-30 ns of reference counting when it passes arrays, more than scoring a
+candidate, so candidates are gathered, scored and pushed in batches per pixel, and the scoring
+loop prefetches the key vectors a few candidates ahead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from nlattn._heap import heap_accepts, heap_contains, heap_replace_root_tagged, heap_sort
+from nlattn._jit import jit
+from nlattn._rng import randint, randint2
+from nlattn._validate import check_float, check_int, check_n_threads, check_seed, numba_threads
+
+#: Iterations run when ``n_iters`` is None.
+DEFAULT_N_ITERS = 5
+
+#: Matches per pixel that random search explores around, each iteration.
+SEARCH_MATCHES = 4
+
+#: Candidates the scoring loop prefetches ahead.
+_PREFETCH_AHEAD = 8
+
+_NEG_INF = np.float32(-np.inf)
+_SHIFT = np.uint64(32)
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+class KnnField(NamedTuple):
+    """A k-nearest-neighbour field over an ``(H, W)`` grid, sorted best first.
+
+    Attributes
+    ----------
+    indices : ndarray, shape (H, W, k), int32
+        Flat key index ``y * W + x`` of each match; ``-1`` in empty slots.
+    scores : ndarray, shape (H, W, k), float32
+        ``scale * q_i . k_j`` of each match, non-increasing along the last axis; ``-inf`` in
+        empty slots.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+# --------------------------------------------------------------------------- serial helpers
+
+
+@intrinsic
+def _prefetch_row(typingctx, array, row):
+    """Prefetch the cache lines of row ``row`` of a C-contiguous 2-D array (a hint, no effect
+    on results)."""
+    if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"
+            and isinstance(row, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, row_type = signature.args
+        ary = context.make_array(array_type)(context, builder, args[0])
+        index = context.cast(builder, args[1], row_type, types.intp)
+        zero = context.get_constant(types.intp, 0)
+        first = cgutils.get_item_pointer(context, builder, array_type, ary, [index, zero],
+                                         wraparound=False, boundscheck=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        first = builder.bitcast(first, byte_ptr)
+        n_cols = cgutils.unpack_tuple(builder, ary.shape, 2)[1]
+        item = context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(array_type.dtype)))
+        last_offset = builder.sub(builder.mul(n_cols, item), context.get_constant(types.intp, 1))
+        line = context.get_constant(types.intp, 64)
+        mid_offset = builder.select(builder.icmp_signed("<", line, last_offset), line,
+                                    last_offset)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        for ptr in (first, builder.gep(first, [mid_offset]), builder.gep(first, [last_offset])):
+            builder.call(prefetch, [ptr, i32(0), i32(3), i32(1)])  # read, keep, data cache
+        return context.get_dummy_value()
+
+    return types.void(array, row), codegen
+
+
+@jit
+def _dot(a, b):
+    acc = 0.0
+    for t in range(a.shape[0]):
+        acc += np.float64(a[t]) * np.float64(b[t])
+    return acc
+
+
+@jit
+def _gather(ids, exclude_self, i, cand, buf, n, table, stamps, stamp):
+    """Append ``cand`` to ``buf[:n]`` and return the new length, unless it is ``i`` (excluded),
+    already in the heap ``ids``, or already gathered (the hash set ``table``/``stamps``: a slot
+    is in use when its stamp is ``stamp``)."""
+    if exclude_self and cand == i:
+        return n
+    found = False
+    for t in range(ids.shape[0]):
+        found |= ids[t] == cand
+    if found:
+        return n
+    mask = table.shape[0] - 1
+    slot = np.int64((np.uint64(cand) * _HASH_MULT) >> _SHIFT) & mask
+    while stamps[slot] == stamp:
+        if table[slot] == cand:
+            return n
+        slot = (slot + 1) & mask
+    stamps[slot] = stamp
+    table[slot] = cand
+    buf[n] = cand
+    return n + 1
+
+
+@jit
+def _init_pixel(query, keys, i, exclude_self, scale, seed, scores, ids, tags):
+    """``min(k, keys available)`` distinct random keys: random draws, then a scan if needed."""
+    k = scores.shape[0]
+    n_keys = keys.shape[0]
+    for t in range(k):
+        scores[t] = _NEG_INF
+        ids[t] = -1
+        tags[t] = 0
+    wanted = min(k, n_keys - (1 if exclude_self else 0))
+    found = 0
+    for trial in range(2 * k):
+        if found == wanted:
+            break
+        cand = randint(seed, i, trial, n_keys)
+        if (exclude_self and cand == i) or heap_contains(ids, cand):
+            continue
+        score = np.float32(scale * _dot(query, keys[cand]))
+        heap_replace_root_tagged(scores, ids, tags, score, cand, 0)
+        found += 1
+    if found < wanted:  # tiny grids: walk on from a random key until the heap is full
+        cand = randint(seed, i, 2 * k, n_keys)
+        while found < wanted:
+            if not ((exclude_self and cand == i) or heap_contains(ids, cand)):
+                score = np.float32(scale * _dot(query, keys[cand]))
+                heap_replace_root_tagged(scores, ids, tags, score, cand, 0)
+                found += 1
+            cand += 1
+            if cand == n_keys:
+                cand = 0
+
+
+@jit
+def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, exclude_self, scale,
+                seed, pass_no, fresh_prop, fresh_enrich, old_scores, old_ids, old_tags,
+                new_scores, new_ids, new_tags, buf, sbuf, table, stamps):
+    """One line (a row for kinds 0 and 2, a column for 1 and 3) of a sweep.
+
+    Kinds: 0 rows left to right, 1 columns top to bottom, 2 rows right to left, 3 columns bottom
+    to top.  ``old_*``: the read-only snapshot; ``new_*``: the field being written (this line's
+    pixels only).  Entries tagged ``>= fresh_prop`` (``>= fresh_enrich``) are new since the last
+    sweep of this kind (the last enrichment).  ``buf``, ``sbuf``, ``table``, ``stamps``: scratch.
+    """
+    k = new_scores.shape[1]
+    rows = kind == 0 or kind == 2
+    forward = kind == 0 or kind == 1
+    line_len = width if rows else height
+    oy = 0 if rows else (-1 if forward else 1)  # offset of the previous pixel of the sweep
+    ox = (-1 if forward else 1) if rows else 0
+    for step in range(line_len):
+        pos = step if forward else line_len - 1 - step
+        y = line if rows else pos
+        x = pos if rows else line
+        i = y * width + x
+        scores = new_scores[i]
+        ids = new_ids[i]
+        tags = new_tags[i]
+        src_scores = old_scores[i]
+        src_ids = old_ids[i]
+        src_tags = old_tags[i]
+        for t in range(k):
+            scores[t] = src_scores[t]
+            ids[t] = src_ids[t]
+            tags[t] = src_tags[t]
+        stamp = np.int64(line_len) * pass_no + step  # unique to this pixel within the pass
+        n = 0
+        if enrich:
+            for t in range(k):
+                j = ids[t]
+                if j >= 0:
+                    _prefetch_row(old_ids, j)
+                    _prefetch_row(old_tags, j)
+        # propagation: the previous pixel's matches, shifted
+        if step > 0:
+            p = i + oy * width + ox
+            p_ids = new_ids[p]
+            p_tags = new_tags[p]
+            for t in range(k):
+                m = p_ids[t]
+                if m < 0 or p_tags[t] < fresh_prop:
+                    continue
+                my = m // width
+                cy = my - oy
+                cx = m - my * width - ox
+                if cy < 0 or cy >= height or cx < 0 or cx >= width:
+                    continue
+                n = _gather(ids, exclude_self, i, cy * width + cx, buf, n, table, stamps, stamp)
+        # forward enrichment: the matches of my matches (NN-descent)
+        if enrich:
+            for t in range(k):
+                j = ids[t]
+                if j < 0:
+                    continue
+                j_new = tags[t] >= fresh_enrich
+                j_ids = old_ids[j]
+                j_tags = old_tags[j]
+                for u in range(k):
+                    m = j_ids[u]
+                    if m < 0 or not (j_new or j_tags[u] >= fresh_enrich):
+                        continue
+                    n = _gather(ids, exclude_self, i, m, buf, n, table, stamps, stamp)
+        # random search around some matches (the heap's last slots, leaves, tend to be the
+        # better ones), radius halving from the image size down to 1 pixel
+        trial = 0
+        base = np.uint64(pass_no) << _SHIFT
+        for t in range(k - 1, k - 1 - min(k, n_search), -1):
+            m = ids[t]
+            if m < 0:
+                continue
+            my = m // width
+            mx = m - my * width
+            r = max(height, width)
+            while r >= 1:
+                y0 = max(0, my - r)
+                y1 = min(height - 1, my + r)
+                x0 = max(0, mx - r)
+                x1 = min(width - 1, mx + r)
+                a, b = randint2(seed, i, base | np.uint64(trial), y1 - y0 + 1, x1 - x0 + 1)
+                trial += 1
+                n = _gather(ids, exclude_self, i, (y0 + a) * width + x0 + b, buf, n, table,
+                            stamps, stamp)
+                r //= 2
+        # score the batch (prefetching ahead), then push
+        query = queries[i]
+        for t in range(min(n, _PREFETCH_AHEAD)):
+            _prefetch_row(keys, buf[t])
+        for t in range(n):
+            if t + _PREFETCH_AHEAD < n:
+                _prefetch_row(keys, buf[t + _PREFETCH_AHEAD])
+            sbuf[t] = np.float32(scale * _dot(query, keys[buf[t]]))
+        for t in range(n):
+            if heap_accepts(scores, ids, sbuf[t], buf[t]):
+                heap_replace_root_tagged(scores, ids, tags, sbuf[t], buf[t], pass_no)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@jit(parallel=True)
+def _knn_driver(queries, keys, height, width, n_iters, n_search, exclude_self, scale, seed,
+                out_ids, out_scores):
+    """Initialise, sweep, sort.  ``queries``/``keys``: ``(H * W, d)`` float32; ``out_*``:
+    ``(H * W, k)``."""
+    n, k = out_ids.shape
+    ids_a = np.empty((n, k), np.int32)
+    scores_a = np.empty((n, k), np.float32)
+    tags_a = np.empty((n, k), np.int32)
+    ids_b = np.empty((n, k), np.int32)
+    scores_b = np.empty((n, k), np.float32)
+    tags_b = np.empty((n, k), np.int32)
+    for i in prange(n):
+        _init_pixel(queries[i], keys, i, exclude_self, scale, seed, scores_a[i], ids_a[i],
+                    tags_a[i])
+    # scratch per line: candidates from propagation (k), enrichment (k * k), search
+    n_radii = 1
+    while (1 << n_radii) <= max(height, width):
+        n_radii += 1
+    cap = k + k * k + min(k, n_search) * n_radii
+    table_size = 1
+    while table_size < 2 * cap:
+        table_size *= 2
+    last_of_kind = np.zeros(4, np.int64)
+    last_enrich = 0
+    pass_no = 0
+    for _ in range(n_iters):
+        for kind in range(4):
+            pass_no += 1
+            last = kind == 3
+            n_lines = height if kind % 2 == 0 else width
+            for line in prange(n_lines):
+                buf = np.empty(cap, np.int32)
+                sbuf = np.empty(cap, np.float32)
+                table = np.empty(table_size, np.int32)
+                stamps = np.full(table_size, -1, np.int64)
+                _sweep_line(queries, keys, height, width, np.int64(line), kind, last,
+                            n_search if last else 0, exclude_self, scale, seed, pass_no,
+                            last_of_kind[kind], last_enrich, scores_a, ids_a, tags_a, scores_b,
+                            ids_b, tags_b, buf, sbuf, table, stamps)
+            last_of_kind[kind] = pass_no
+            if last:
+                last_enrich = pass_no
+            ids_a, ids_b = ids_b, ids_a
+            scores_a, scores_b = scores_b, scores_a
+            tags_a, tags_b = tags_b, tags_a
+    for i in prange(n):
+        dst_s = out_scores[i]
+        dst_i = out_ids[i]
+        src_s = scores_a[i]
+        src_i = ids_a[i]
+        for t in range(k):
+            dst_s[t] = src_s[t]
+            dst_i[t] = src_i[t]
+        heap_sort(dst_s, dst_i)
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def _check_grid(name: str, array) -> np.ndarray:
+    """Check an ``(H, W, d)`` grid of vectors and return it as float32, C-contiguous."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape (H, W, d), got "
+                        f"{type(array).__name__}")
+    if array.ndim != 3:
+        raise ValueError(f"{name} must have shape (H, W, d), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}")
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} must hold integers or floats, got dtype {array.dtype}")
+    converted = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(converted).all():
+        raise ValueError(f"{name} contains NaN or infinite values (after conversion to float32)")
+    return converted
+
+
+def knn_patchmatch(
+    queries: np.ndarray,
+    keys: np.ndarray,
+    k: int = 16,
+    *,
+    n_iters: int | None = None,
+    seed: int = 0,
+    exclude_self: bool = True,
+    scale: float = 1.0,
+    n_threads: int | None = None,
+) -> KnnField:
+    """The ``k`` best keys of every query by PatchMatch: highest ``scale * q_i . k_j``.
+
+    Parameters
+    ----------
+    queries, keys : ndarray, shape (H, W, d)
+        Query and key vectors on the same pixel grid (patch vectors, NLM tokens from
+        :func:`nlattn.nlm_tokens`, PCA-reduced patches, a network's features...).  Integer or
+        float; computed in float32.
+    k : int
+        Matches per query, ``>= 1``.  When fewer keys exist (``H * W``, minus one with
+        ``exclude_self``) all of them are returned, best first, and the remaining slots are
+        empty.
+    n_iters : int, optional
+        Iterations, ``>= 0`` (0: the random initialisation only).  None: 5, which reaches a
+        recall@16 of about 0.95 on 512 x 512 5x5-patch vectors of natural images.
+    seed : int
+        Seed of the counter-based random numbers, ``0 <= seed < 2**63``.
+    exclude_self : bool
+        Never match a query with the key at its own pixel (``j == i``).
+    scale : float
+        Positive factor of the scores; it does not change which keys are found.
+    n_threads : int, optional
+        Numba threads (None: all of them).  The result does not depend on it.
+
+    Returns
+    -------
+    KnnField
+        ``indices`` (H, W, k) int32 flat key indices ``y * W + x`` and ``scores`` (H, W, k)
+        float32 ``scale * q_i . k_j``, best first (equal scores: smaller index first);
+        ``-1`` / ``-inf`` in empty slots.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type (a list instead of an array, ``k=2.0``,
+        ``exclude_self=1``...).
+    ValueError
+        If an argument is out of range, the grids' shapes differ, or they hold NaN or infinity.
+
+    Notes
+    -----
+    An iteration is four propagation sweeps (rows and columns, both ways), then forward
+    enrichment and random search (see the module docstring).  In the worst case it proposes
+    ``k + k**2 + SEARCH_MATCHES * log2(max(H, W))`` candidates a pixel, each costing ``O(d + k)``:
+    ``O(n_iters n k (k + log n) (d + k))`` time for ``n = H W`` pixels, and ``O(n (k + d))``
+    memory.  Candidates whose sources have not changed since they were last proposed are
+    skipped, so iterations get cheaper as the field settles: on 512 x 512 patch vectors the
+    default run proposes about 1000 candidates a pixel in all, against ``n = 262144`` for brute
+    force (``O(n**2 d)``).  Each sweep reads the previous field as a read-only snapshot and all
+    randomness is a hash of ``(seed, pixel, pass, trial)``, so the same seed gives the same field
+    at any thread count.
+
+    References
+    ----------
+    .. [1] C. Barnes, E. Shechtman, A. Finkelstein, D. B. Goldman, "PatchMatch: a randomized
+       correspondence algorithm for structural image editing", ACM TOG (SIGGRAPH) 28(3), 2009.
+    .. [2] C. Barnes, E. Shechtman, D. B. Goldman, A. Finkelstein, "The generalized PatchMatch
+       correspondence algorithm", ECCV 2010.
+    .. [3] W. Dong, M. Charikar, K. Li, "Efficient k-nearest neighbor graph construction for
+       generic similarity measures", WWW 2011.
+    """
+    queries = _check_grid("queries", queries)
+    keys = _check_grid("keys", keys)
+    if queries.shape != keys.shape:
+        raise ValueError(
+            f"queries and keys must have the same shape (H, W, d), got {queries.shape} and "
+            f"{keys.shape}"
+        )
+    height, width, d = queries.shape
+    n = height * width
+    if n >= 2**31:
+        raise ValueError(f"queries must have fewer than 2**31 pixels, got {n}")
+    k = check_int("k", k, minimum=1)
+    if n_iters is None:
+        n_iters = DEFAULT_N_ITERS
+    n_iters = check_int("n_iters", n_iters, minimum=0)
+    seed = check_seed(seed)
+    if not isinstance(exclude_self, (bool, np.bool_)):
+        raise TypeError(f"exclude_self must be a bool, got {type(exclude_self).__name__}")
+    scale = check_float("scale", scale, minimum=0.0, strict_minimum=True)
+    n_threads = check_n_threads(n_threads)
+    out_ids = np.empty((n, k), np.int32)
+    out_scores = np.empty((n, k), np.float32)
+    with numba_threads(n_threads):
+        _knn_driver(queries.reshape(n, d), keys.reshape(n, d), height, width, n_iters,
+                    SEARCH_MATCHES, bool(exclude_self), scale, seed, out_ids, out_scores)
+    return KnnField(out_ids.reshape(height, width, k), out_scores.reshape(height, width, k))
+
+
+__all__ = ["DEFAULT_N_ITERS", "KnnField", "knn_patchmatch"]
