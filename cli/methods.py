@@ -1,4 +1,4 @@
-"""``nlattn methods``: the denoising methods, their cost and parameters."""
+"""``nlattn methods``: the denoising and attention methods, their cost and parameters."""
 
 from __future__ import annotations
 
@@ -7,21 +7,33 @@ import textwrap
 import click
 
 
-@click.command(short_help="List the denoising methods.")
-def methods() -> None:
-    """List the denoising methods: name, complexity, description and parameters."""
-    from nlattn import DENOISE_METHODS
-
-    rows = [(info.name, info.complexity, info.description) for info in DENOISE_METHODS.values()]
-    name_w = max(len("name"), *(len(row[0]) for row in rows))
-    cost_w = max(len("complexity"), *(len(row[1]) for row in rows))
+def _table(title: str, registry: dict) -> None:
+    rows = list(registry.values())
+    name_w = max(len("name"), *(len(info.name) for info in rows))
+    cost_w = max(len("complexity"), *(len(info.complexity) for info in rows))
+    cost_w = min(cost_w, 48)
+    click.echo(title)
     click.echo(f"{'name':<{name_w}}  {'complexity':<{cost_w}}  description")
     click.echo(f"{'-' * name_w}  {'-' * cost_w}  {'-' * 11}")
     indent = " " * (name_w + cost_w + 4)
-    for info in DENOISE_METHODS.values():
+    for info in rows:
         lines = textwrap.wrap(info.description, width=max(40, 100 - len(indent))) or [""]
-        click.echo(f"{info.name:<{name_w}}  {info.complexity:<{cost_w}}  {lines[0]}")
-        for line in lines[1:]:
-            click.echo(indent + line)
+        costs = textwrap.wrap(info.complexity, width=cost_w) or [""]
+        for i in range(max(len(lines), len(costs))):
+            name = info.name if i == 0 else ""
+            cost = costs[i] if i < len(costs) else ""
+            text = lines[i] if i < len(lines) else ""
+            click.echo(f"{name:<{name_w}}  {cost:<{cost_w}}  {text}".rstrip())
         if info.parameters:
             click.echo(indent + "parameters: " + ", ".join(info.parameters))
+
+
+@click.command(short_help="List the denoising and attention methods.")
+def methods() -> None:
+    """List the methods (denoisers for `nlattn denoise --method`, attention methods for
+    `nlattn attnmap --method`): name, complexity, description and parameters."""
+    from nlattn import DENOISE_METHODS, METHODS
+
+    _table("Denoising methods (nlattn denoise --method, nlattn.nl_means):", DENOISE_METHODS)
+    click.echo("")
+    _table("Attention methods (nlattn attnmap --method, nlattn.attention):", METHODS)

@@ -119,9 +119,13 @@ def test_methods_table():
     result = run("methods")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:2] == ["name", "complexity"]
-    for name, info in nlattn.DENOISE_METHODS.items():
-        assert any(line.startswith(name + " ") and info.complexity in line for line in lines)
+    assert lines[0].startswith("Denoising methods")
+    assert lines[1].split()[:2] == ["name", "complexity"]
+    for registry in (nlattn.DENOISE_METHODS, nlattn.METHODS):
+        for name, info in registry.items():
+            assert any(line.startswith(name + " ") and info.complexity[:20] in line
+                       for line in lines), name
+            assert any(", ".join(info.parameters) in line for line in lines)
 
 
 def test_warmup_reports_each_kernel_and_total():
