@@ -136,8 +136,8 @@ def section_recall(images, args) -> dict:
     return results
 
 
-def _rows_tv(q, k, positions, method, exact_rows, **params):
-    rows = nlattn.attention_rows(q, k, positions, method, scale=1.0, **params)
+def _rows_tv(queries, keys, positions, method, exact_rows, **params):
+    rows = nlattn.attention_rows(queries, keys, positions, method, scale=1.0, **params)
     return float(np.mean(0.5 * np.abs(rows - exact_rows).sum(axis=(1, 2))))
 
 

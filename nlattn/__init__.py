@@ -8,6 +8,7 @@ from nlattn.attention import METHODS, attention, attention_rows
 from nlattn.denoise import DENOISE_METHODS, denoise_nl_means, estimate_sigma, nl_means
 from nlattn.features import extract_patches, nlm_tokens
 from nlattn.io import ImageMeta, ImageReadError, read_image, write_image
+from nlattn.patchmatch import KnnField, knn_patchmatch
 from nlattn.warmup import warmup
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "DENOISE_METHODS",
     "ImageMeta",
     "ImageReadError",
+    "KnnField",
     "METHODS",
     "__version__",
     "attention",
@@ -23,6 +25,7 @@ __all__ = [
     "denoise_nl_means",
     "estimate_sigma",
     "extract_patches",
+    "knn_patchmatch",
     "nlm_tokens",
     "nl_means",
     "read_image",

@@ -278,3 +278,26 @@ def scram_supports(matches, height, width, window_radius, local_radius=None):
             row.append(ids)
         supports.append(row)
     return supports
+
+
+def topk_dot(queries, keys, k, scale=1.0, exclude_self=True):
+    """Exact top-k of ``scale * q_i . k_j`` by brute force (the twin of knn_patchmatch).
+
+    ``queries``/``keys`` are ``(H, W, d)``.  Returns ``(indices, scores)`` of shape ``(H, W, k)``:
+    int64 flat key indices ``y * W + x`` and float64 scores, best first (equal scores: smaller
+    index first), ``-1`` / ``-inf`` in the slots left when fewer than ``k`` keys exist.
+    """
+    height, width, d = queries.shape
+    n = height * width
+    q = np.asarray(queries, np.float64).reshape(n, d)
+    kk = np.asarray(keys, np.float64).reshape(n, d)
+    indices = np.full((n, k), -1, np.int64)
+    scores = np.full((n, k), -np.inf)
+    for i in range(n):
+        s = scale * (kk @ q[i])
+        candidates = [j for j in range(n) if not (exclude_self and j == i)]
+        candidates.sort(key=lambda j: (-s[j], j))
+        best = candidates[:k]
+        indices[i, : len(best)] = best
+        scores[i, : len(best)] = s[best]
+    return indices.reshape(height, width, k), scores.reshape(height, width, k)
