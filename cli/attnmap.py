@@ -208,6 +208,7 @@ def attnmap(
     import numpy as np
 
     import nlattn  # imports Numba: only here, never when the CLI module is imported
+    from nlattn.io import write_bytes
     from nlattn.maps import attention_maps, resolve_methods
     from nlattn.render import figure_to_array, render_maps
 
@@ -263,9 +264,9 @@ def attnmap(
         if raw:
             buffer = io.BytesIO()
             np.save(buffer, result.rows)
-            _write_atomic(targets[1], buffer.getvalue())
+            write_bytes(targets[1], buffer.getvalue())
             record = _sidecar(result, image, features, os.path.basename(targets[1]))
-            _write_atomic(targets[2], (json.dumps(record, indent=1) + "\n").encode())
+            write_bytes(targets[2], (json.dumps(record, indent=1) + "\n").encode())
         nlattn.write_image(output, picture)
     except (OSError, ValueError) as exc:
         _fail(ctx, f"cannot write {output}: {exc}")
@@ -330,26 +331,6 @@ def _option_names(message: str) -> str:
         if message.startswith(name + " "):
             return option + message[len(name) :]
     return message
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then rename it onto ``path``."""
-    import secrets
-
-    directory, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _sidecar(result, image: str, features: str | None, rows_file: str) -> dict:

@@ -38,11 +38,12 @@ This module imports neither Numba nor any other part of nlattn, so it is cheap t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -837,6 +838,33 @@ def _open_temp(directory: str, base: str, ext: str) -> tuple[IO[bytes], str]:
     raise FileExistsError(f"cannot create a temporary file in {directory!r}")
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open a hidden temporary file beside ``path`` for binary writing; on success it is flushed,
+    synced and renamed onto ``path``, on any error removed (``path`` is then untouched)."""
+    name = os.fspath(path)
+    ext = os.path.splitext(name)[1]
+    f, tmp = _open_temp(os.path.dirname(os.path.abspath(name)), os.path.basename(name), ext)
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | None = None) -> None:
     """Write an image atomically, in its own dtype, re-attaching the alpha channel.
 
@@ -886,17 +914,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
     data, has_alpha = _prepare(name, fmt, image, meta)
     icc = meta.icc_profile if meta is not None and meta.icc_profile else None
 
-    directory = os.path.dirname(os.path.abspath(name))
-    f, tmp = _open_temp(directory, os.path.basename(name), ext)
-    try:
-        with f:
-            _encode(f, fmt, data, has_alpha, icc)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(name) as f:
+        _encode(f, fmt, data, has_alpha, icc)
