@@ -53,4 +53,13 @@ def warmup() -> dict[str, float]:
         attention(tokens, tokens, colour, method)
         attention_rows(tokens, tokens, [(0, 0), (8, 10)], method)
     timings["attention (exact, local)"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    attention(tokens, tokens, colour, "scram", k=4)
+    attention_rows(tokens, tokens, [(0, 0), (8, 10)], "scram", k=4)
+    for aggregation in ("patch", "pixel"):
+        for image in (grey, colour):
+            nl_means(image, "scram", sigma=0.1, patch_radius=1, search_radius=1, k=4,
+                     aggregation=aggregation)
+    timings["PatchMatch, scram attention and denoising"] = time.perf_counter() - start
     return timings
