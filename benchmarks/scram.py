@@ -37,15 +37,8 @@ import numpy as np
 from _common import add_noise, machine, median_time, psnr, set12_images, write_json
 
 import nlattn
-from nlattn.features import extract_patches, pca_reduce
+from nlattn.features import augmented_tokens, extract_patches, pca_reduce
 from nlattn.patchmatch import knn_patchmatch
-
-
-def _augmented(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = p.astype(np.float64)
-    q = np.concatenate([p, np.ones(p.shape[:-1] + (1,))], axis=-1)
-    k = np.concatenate([2 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
-    return q.astype(np.float32), k.astype(np.float32)
 
 
 def _exact_knn(flat: np.ndarray, sample: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -93,7 +86,7 @@ def section_recall(images, args) -> dict:
                 sample = rng.choice(n, 2000, replace=False)
                 kth, t_sample = _exact_knn(flat, sample, k)
                 brute_s = t_sample * n / sample.size
-                q, kk = _augmented(p)
+                q, kk = augmented_tokens(p)
                 rows = []
                 for n_iters in args.n_iters:
                     t, field = median_time(lambda n_iters=n_iters, q=q, kk=kk: knn_patchmatch(

@@ -201,12 +201,6 @@ def _validate(nlattn, params: dict, n_threads: int | None) -> None:
 
     from nlattn._validate import check_float
 
-    method = params["method"]
-    if method not in nlattn.DENOISE_METHODS:
-        available = ", ".join(sorted(nlattn.DENOISE_METHODS))
-        raise ParameterError(
-            f"--method {method} is not available in this version (available: {available})"
-        )
     try:
         if params["h"] is not None:
             check_float("h", params["h"], minimum=0.0, strict_minimum=True)

@@ -16,6 +16,24 @@ from nlattn._jit import jit
 from nlattn._validate import check_float, check_image, check_int
 
 
+def to_planar(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` image as a float32 C-contiguous ``(C, H, W)`` array."""
+    planar = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    return np.ascontiguousarray(planar, dtype=np.float32)
+
+
+def augmented_tokens(patches: np.ndarray, h: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Queries ``[p, 1]`` and keys ``[2 p, -|p|**2] / h**2`` of vectors ``p`` (float32).
+
+    ``q_i . k_j = (|p_i|**2 - |p_i - p_j|**2) / h**2``: ranking keys by score ranks them by
+    squared distance, and a softmax over keys gives NLM weights (design section 1).
+    """
+    p = patches.astype(np.float64)
+    queries = np.concatenate([p, np.ones(p.shape[:-1] + (1,))], axis=-1)
+    keys = np.concatenate([2.0 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
+    return queries.astype(np.float32), (keys / (h * h)).astype(np.float32)
+
+
 def patch_weights(patch_radius: int, n_channels: int, gaussian_sigma: float | None = None):
     """Per-element weights of a patch vector, in its element order, summing to 1.
 
@@ -96,12 +114,10 @@ def extract_patches(
                                      strict_minimum=True)
     if not isinstance(centre, bool):
         raise TypeError(f"centre must be a bool, got {type(centre).__name__}")
-    planar = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    planar = to_planar(image)
     n_ch, height, width = planar.shape
     pad = patch_radius
-    padded = np.ascontiguousarray(
-        np.pad(planar, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"), dtype=np.float32
-    )
+    padded = np.pad(planar, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
     scale = np.sqrt(patch_weights(patch_radius, n_ch, gaussian_sigma)).astype(np.float32)
     out = np.empty((height, width, scale.size), np.float32)
     _extract_patches(padded, pad, patch_radius, scale, out)
@@ -182,14 +198,10 @@ def nlm_tokens(
         ratio = nlm_preset(sigma * 255.0 / data_range(image), n_channels).h_over_sigma
         h = ratio * sigma if sigma > 0 else data_range(image) / 255.0
     h = check_float("h", h, minimum=0.0, strict_minimum=True)
-    p = patches.astype(np.float64)
-    inv_h2 = 1.0 / (h * h)
-    ones = np.ones(p.shape[:-1] + (1,))
-    queries = np.concatenate([p, ones], axis=-1).astype(np.float32)
-    keys = np.concatenate([2.0 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
-    keys = (keys * inv_h2).astype(np.float32)
+    queries, keys = augmented_tokens(patches, h)
     values = image[:, :, None] if image.ndim == 2 else image
     return queries, keys, np.ascontiguousarray(values, dtype=np.float32)
 
 
-__all__ = ["extract_patches", "nlm_tokens", "patch_weights", "pca_reduce"]
+__all__ = ["augmented_tokens", "extract_patches", "nlm_tokens", "patch_weights", "pca_reduce",
+           "to_planar"]

@@ -61,11 +61,6 @@ def data_range(image: np.ndarray) -> float:
     return 1.0 if (lo >= -1.0 and hi <= 2.0) else 255.0
 
 
-def _to_planar(image: np.ndarray) -> np.ndarray:
-    planar = image[None, :, :] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-    return np.ascontiguousarray(planar, dtype=np.float32)
-
-
 def _from_planar(planar: np.ndarray, like: np.ndarray) -> np.ndarray:
     out = planar[0] if like.ndim == 2 else np.moveaxis(planar, 0, -1)
     if np.issubdtype(like.dtype, np.integer):
@@ -173,12 +168,13 @@ def nl_means(
     h = check_float("h", h, minimum=0.0, strict_minimum=True)
 
     from nlattn.denoise.nlm import nlm_windowed
+    from nlattn.features import to_planar
 
     with numba_threads(n_threads):
         extra = None
         if method == "scram":
             extra = _patchmatch_neighbours(image, patch_radius, k, seed)
-        planar = nlm_windowed(_to_planar(image), patch_radius, search_radius, h, sigma,
+        planar = nlm_windowed(to_planar(image), patch_radius, search_radius, h, sigma,
                               aggregation, extra)
     return _from_planar(planar, image)
 
@@ -186,7 +182,7 @@ def nl_means(
 def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: int) -> np.ndarray:
     """Each pixel's ``k`` nearest patches (squared distance of PCA-reduced patch vectors, self
     excluded), as flat indices ``(H, W, k)``; -1 where the image has fewer pixels."""
-    from nlattn.features import extract_patches, pca_reduce
+    from nlattn.features import augmented_tokens, extract_patches, pca_reduce
     from nlattn.patchmatch import knn_patchmatch
 
     patches = extract_patches(image, patch_radius, centre=True)
@@ -195,12 +191,10 @@ def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: i
     n_pixels = image.shape[0] * image.shape[1]
     if n_pixels < 2:
         return np.full(image.shape[:2] + (k,), -1, np.int32)
-    p = patches.astype(np.float64)
-    # maximising q.k with q = [p, 1], k = [2p, -|p|^2] minimises |p_i - p_j|^2 (design section 1)
-    queries = np.concatenate([p, np.ones(p.shape[:-1] + (1,))], axis=-1).astype(np.float32)
-    keys = np.concatenate([2 * p, -np.sum(p * p, axis=-1, keepdims=True)], axis=-1)
-    field = knn_patchmatch(queries, keys.astype(np.float32), k=min(k, n_pixels - 1), seed=seed,
-                           exclude_self=True, scale=1.0)
+    # the largest q.k of the augmented vectors are the smallest |p_i - p_j|^2
+    queries, keys = augmented_tokens(patches)
+    field = knn_patchmatch(queries, keys, k=min(k, n_pixels - 1), seed=seed, exclude_self=True,
+                           scale=1.0)
     return np.ascontiguousarray(field.indices, dtype=np.int32)
 
 
