@@ -10,7 +10,8 @@ import click
 
 #: The names of ``nlattn.DENOISE_METHODS``, spelled out so that ``--help`` needs no import of
 #: the library (a test keeps the two equal).
-DENOISE_METHOD_NAMES = ("nlm", "scram")
+DENOISE_METHOD_NAMES = ("nlm", "scram", "exact", "local", "performer", "lsh", "scatterbrain", "fast",
+                        "efficient")
 
 
 class ParameterError(click.ClickException):

@@ -67,6 +67,46 @@ METHODS: dict[str, MethodInfo] = {
         "O(n log n d) PatchMatch + O(n k (2r+1)^2 d) softmax time, O(n k) memory",
         ("k", "window_radius", "local_radius", "n_iters"),
     ),
+    "performer": MethodInfo(
+        "performer",
+        "Performer (Choromanski et al. 2021): low-rank attention through positive orthogonal "
+        "random features of exp(scale q.k), stabilised in log space; unbiased for the "
+        "unnormalised weights, good for diffuse maps, poor for peaked ones.",
+        "O(n m d) time, O(n m) memory (m = n_features)",
+        ("n_features",),
+    ),
+    "lsh": MethodInfo(
+        "lsh",
+        "Reformer-style LSH attention: exact softmax inside equal-size buckets of queries and "
+        "keys sorted by random projections, over n_hashes rounds; good for peaked maps.",
+        "O(n n_hashes (log n + bucket_size d)) time, O(n n_hashes) memory",
+        ("n_hashes", "bucket_size"),
+    ),
+    "scatterbrain": MethodInfo(
+        "scatterbrain",
+        "Scatterbrain (Chen et al. 2021): Performer random features for the whole map plus an "
+        "exact sparse part on a support (local window, LSH buckets or the PatchMatch support), "
+        "with the features' own estimate subtracted there (unbiased); good at every "
+        "temperature.",
+        "O(n (m + s) d) time, O(n (m + s)) memory (m = n_features, s = support size)",
+        ("n_features", "support", "window_radius", "n_hashes", "bucket_size", "k", "n_iters"),
+    ),
+    "fast": MethodInfo(
+        "fast",
+        "FAST 'fastmax' (Gerami et al. 2024): the polynomial score 1 + s + s^2/2 (p=2) or 1 + s "
+        "(p=1) of normalised q, k, factorised through key moments; a different operator with a "
+        "small dynamic range (<= 5:1), not an approximation of peaked softmax.",
+        "O(n d^(p+1)) time (reduce d first for p=2), O(d^(p+1)) memory",
+        ("p", "normalization"),
+    ),
+    "efficient": MethodInfo(
+        "efficient",
+        "Efficient Attention (Shen et al. 2021): softmax over each key channel across positions "
+        "and over each query's channels, E = rho_q(Q) (rho_k(K)^T V); rank <= d maps, a "
+        "different operator from softmax attention.",
+        "O(n d dv) time, O(d dv) memory",
+        ("variant", "heads"),
+    ),
 }
 
 
@@ -86,6 +126,18 @@ def _check_local_radius(value) -> int:
     return check_int("local_radius", value, minimum=0, maximum=1024)
 
 
+def _check_n_features(value) -> int:
+    return check_int("n_features", value, minimum=1, maximum=1 << 16)
+
+
+def _check_n_hashes(value) -> int:
+    return check_int("n_hashes", value, minimum=1, maximum=256)
+
+
+def _check_bucket_size(value) -> int:
+    return check_int("bucket_size", value, minimum=1, maximum=1 << 16)
+
+
 #: Shared checks of method parameters: name -> function(value) returning the checked value or
 #: raising TypeError/ValueError that names the parameter.  A parameter without an entry is passed
 #: to the method unchecked (its module checks it).
@@ -94,6 +146,9 @@ PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
     "window_radius": _check_window_radius,
     "n_iters": _check_n_iters,
     "local_radius": _check_local_radius,
+    "n_features": _check_n_features,
+    "n_hashes": _check_n_hashes,
+    "bucket_size": _check_bucket_size,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from nlattn._methods import MethodInfo
+from nlattn.attention import METHODS as _ATTENTION_METHODS
 from nlattn._validate import (
     check_choice,
     check_float,
@@ -40,6 +41,25 @@ DENOISE_METHODS: dict[str, MethodInfo] = {
         ("sigma", "h", "patch_radius", "search_radius", "k", "seed", "aggregation"),
     ),
 }
+
+#: Attention methods (``nlattn.METHODS``) that also denoise through the NLM tokens of design
+#: section 1: softmax attention of ``nlm_tokens(image, patch_radius, h, pca=ATTENTION_PCA)``
+#: with ``scale=1`` is global non-local means, so each approximation is a denoiser (a good one
+#: only where it approximates peaked softmax well).  ``"scram"`` has a dedicated denoiser above.
+ATTENTION_DENOISERS = ("exact", "local", "performer", "lsh", "scatterbrain", "fast", "efficient")
+#: Patch vectors of the attention-backed denoisers are reduced to this many principal components.
+ATTENTION_PCA = 16
+
+for _name in ATTENTION_DENOISERS:
+    DENOISE_METHODS[_name] = MethodInfo(
+        _name,
+        f"Softmax attention method {_name!r} (nlattn.METHODS) over NLM patch tokens (PCA-"
+        f"{ATTENTION_PCA}, scale 1, pixel-wise): global NLM when exact; see `nlattn methods` for "
+        "what the approximation is good for.",
+        "that of the attention method, n = pixels, d = 17",
+        ("sigma", "h", "patch_radius", "seed") + _ATTENTION_METHODS[_name].parameters,
+    )
+del _name
 
 #: Neighbours PatchMatch adds to each pixel's support in ``method="scram"`` when ``k`` is None.
 SCRAM_K = 16
@@ -81,6 +101,7 @@ def nl_means(
     seed: int = 0,
     aggregation: str = "patch",
     n_threads: int | None = None,
+    **method_params,
 ) -> np.ndarray:
     """Denoise an image with non-local means.
 
@@ -89,9 +110,11 @@ def nl_means(
     image : ndarray, shape (H, W) or (H, W, C)
         Grey or colour (any number of channels, denoised jointly: one weight per pixel pair)
         image of any integer or float dtype.
-    method : {"nlm", "scram"}
-        The denoiser; see :data:`nlattn.DENOISE_METHODS`.  ``"scram"`` adds to each pixel's
-        search window its ``k`` most similar patches anywhere in the image (kNN PatchMatch).
+    method : str
+        The denoiser, a key of :data:`nlattn.DENOISE_METHODS`: ``"nlm"`` (windowed NLM),
+        ``"scram"`` (adds to each pixel's search window its ``k`` most similar patches anywhere
+        in the image, found by kNN PatchMatch), or an attention method of
+        :data:`ATTENTION_DENOISERS` applied to the NLM tokens of the image (design section 1).
     sigma : float, optional
         Standard deviation of the noise in the image's units (grey levels for 8-bit images).
         ``None`` estimates it with :func:`estimate_sigma`.  Patch distances below ``2 sigma**2``
@@ -113,6 +136,9 @@ def nl_means(
         ``"pixel"`` keeps only the centre's estimate (classic NLM, faster).
     n_threads : int, optional
         Numba threads to use (default: all).
+    **method_params
+        Further parameters of an attention method (e.g. ``n_features`` for ``"performer"``,
+        ``window_radius`` for ``"local"``); see ``nlattn.METHODS[method].parameters``.
 
     Returns
     -------
@@ -146,6 +172,16 @@ def nl_means(
     check_choice("aggregation", aggregation, AGGREGATIONS)
     check_seed(seed)
     n_threads = check_n_threads(n_threads)
+    if method in ATTENTION_DENOISERS:
+        if search_radius is not None or aggregation != "patch":
+            raise ValueError(f"search_radius and aggregation are parameters of methods 'nlm' and "
+                             f"'scram', not of {method!r} (its parameters: "
+                             f"{', '.join(DENOISE_METHODS[method].parameters)})")
+        return _attention_denoise(image, method, sigma, h, patch_radius, k, seed, n_threads,
+                                  method_params)
+    if method_params:
+        raise TypeError(f"{next(iter(method_params))!r} is not a parameter of nl_means with "
+                        f"method {method!r}")
     if method == "nlm" and k is not None:
         raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
     if method == "scram":
@@ -179,6 +215,38 @@ def nl_means(
     return _from_planar(planar, image)
 
 
+def _attention_denoise(image, method, sigma, h, patch_radius, k, seed, n_threads,
+                       method_params) -> np.ndarray:
+    """``nl_means`` through an attention method on the NLM tokens of ``image``."""
+    from nlattn.attention import METHODS, attention
+    from nlattn.features import nlm_tokens
+
+    if sigma is None:
+        sigma = estimate_sigma(image)
+    sigma = check_float("sigma", sigma, minimum=0.0)
+    n_channels = 1 if image.ndim == 2 else image.shape[2]
+    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
+    if patch_radius is None:
+        patch_radius = preset.patch_radius
+    patch_radius = check_int("patch_radius", patch_radius, minimum=0, maximum=64)
+    if h is None:
+        h = preset.h_over_sigma * sigma
+        if h == 0.0:
+            return image.copy()
+    h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    n_elements = (2 * patch_radius + 1) ** 2 * n_channels
+    params = dict(method_params)
+    if k is not None:
+        if "k" not in METHODS[method].parameters:
+            raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
+        params["k"] = k
+    queries, keys, values = nlm_tokens(image, patch_radius, h,
+                                       pca=min(ATTENTION_PCA, n_elements))
+    out = attention(queries, keys, values, method, scale=1.0, seed=seed, n_threads=n_threads,
+                    **params)
+    return _from_planar(np.moveaxis(out, -1, 0), image)
+
+
 def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: int) -> np.ndarray:
     """Each pixel's ``k`` nearest patches (squared distance of PCA-reduced patch vectors, self
     excluded), as flat indices ``(H, W, k)``; -1 where the image has fewer pixels."""
@@ -198,5 +266,5 @@ def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: i
     return np.ascontiguousarray(field.indices, dtype=np.int32)
 
 
-__all__ = ["DENOISE_METHODS", "MethodInfo", "data_range", "denoise_nl_means", "estimate_sigma",
+__all__ = ["ATTENTION_DENOISERS", "DENOISE_METHODS", "MethodInfo", "data_range", "denoise_nl_means", "estimate_sigma",
            "nl_means"]
