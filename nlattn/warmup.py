@@ -62,4 +62,16 @@ def warmup() -> dict[str, float]:
             nl_means(image, "scram", sigma=0.1, patch_radius=1, search_radius=1, k=4,
                      aggregation=aggregation)
     timings["PatchMatch, scram attention and denoising"] = time.perf_counter() - start
+
+    from nlattn.attention import METHODS
+
+    for method in METHODS:
+        if method in ("exact", "local", "scram"):
+            continue
+        start = time.perf_counter()
+        attention(tokens, tokens, colour, method)
+        attention_rows(tokens, tokens, [(0, 0), (8, 10)], method)
+        if method == "efficient":
+            attention(tokens, tokens, colour, method, variant="scaling")
+        timings[f"attention ({method})"] = time.perf_counter() - start
     return timings

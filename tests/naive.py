@@ -301,3 +301,116 @@ def topk_dot(queries, keys, k, scale=1.0, exclude_self=True):
         indices[i, : len(best)] = best
         scores[i, : len(best)] = s[best]
     return indices.reshape(height, width, k), scores.reshape(height, width, k)
+
+
+# ---------------------------------------------------- fastmax and efficient attention
+# Brute-force NumPy twins of the fastmax and efficient-attention methods (dense n x n products).
+#
+# Each twin follows the definition of its method (the module docstrings of
+# ``nlattn/attention/fast.py`` and ``nlattn/attention/efficient.py``) with every weight formed
+# explicitly, in float64.  Imports nothing from nlattn.
+
+#: A fastmax normaliser below ``n * DEN_FLOOR`` means all weights are zero: uniform weights.
+DEN_FLOOR = 1e-12
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+
+
+def fastmax_normalize(x: np.ndarray, normalization: str) -> np.ndarray:
+    """Normalised tokens (n, d), float64: "unit", "max", "centred" or "none"."""
+    x = _flat(x)
+    if normalization == "none":
+        return x
+    if normalization == "centred":
+        x = x - x.mean(axis=0)
+    norms = np.linalg.norm(x, axis=1)
+    if normalization == "unit":
+        safe = np.where(norms > 0, norms, 1.0)
+        return np.where(norms[:, None] > 0, x / safe[:, None], 0.0)
+    largest = norms.max()
+    return x / largest if largest > 0 else x
+
+
+def fastmax_weights(queries, keys, scale, p, normalization) -> np.ndarray:
+    """The dense n x n fastmax weights ``f(scale qn_i . kn_j)``."""
+    s = scale * fastmax_normalize(queries, normalization) @ fastmax_normalize(
+        keys, normalization).T
+    w = 1.0 + s
+    if p == 2:
+        w += 0.5 * s * s
+    return w
+
+
+def fastmax_attention(queries, keys, values, scale, p=2, normalization="unit") -> np.ndarray:
+    """Dense fastmax attention ``sum_j f(s_ij) v_j / sum_j f(s_ij)``, (H, W, dv) float64; a query
+    whose weights are all (numerically) zero gets the uniform average."""
+    w = fastmax_weights(queries, keys, scale, p, normalization)
+    v = _flat(values)
+    n = w.shape[1]
+    den = w.sum(axis=1)
+    zero = den <= n * DEN_FLOOR
+    w[zero] = 1.0
+    out = (w @ v) / w.sum(axis=1, keepdims=True)
+    return out.reshape(values.shape[:-1] + (v.shape[1],))
+
+
+def fastmax_rows(queries, keys, positions, scale, p=2, normalization="unit") -> np.ndarray:
+    """Dense fastmax rows ``f(s_ij) / sum_j f(s_ij)`` (weights clamped at 0), (m, H, W)."""
+    height, width = queries.shape[:2]
+    w = np.maximum(fastmax_weights(queries, keys, scale, p, normalization), 0.0)
+    index = [y * width + x for y, x in positions]
+    out = w[index]
+    n = out.shape[1]
+    for r in range(out.shape[0]):
+        total = out[r].sum()
+        out[r] = out[r] / total if total > n * DEN_FLOOR else 1.0 / n
+    return out.reshape(-1, height, width)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def efficient_head_maps(queries, keys, scale, variant="softmax", heads=1) -> list[np.ndarray]:
+    """Each head's dense n x n weights: ``rho_q(Q_h) rho_k(K_h)^T`` (softmax variant: softmax
+    over each query's channels of the head, softmax over positions of each key channel) or
+    ``scale Q_h K_h^T / n`` (scaling variant)."""
+    q = _flat(queries)
+    k = _flat(keys)
+    n, d = q.shape
+    size = d // heads
+    maps = []
+    for h in range(heads):
+        qh = q[:, h * size:(h + 1) * size]
+        kh = k[:, h * size:(h + 1) * size]
+        if variant == "softmax":
+            maps.append(_softmax(scale * qh, axis=1) @ _softmax(scale * kh, axis=0).T)
+        else:
+            maps.append(scale * qh @ kh.T / n)
+    return maps
+
+
+def efficient_attention(queries, keys, values, scale, variant="softmax", heads=1) -> np.ndarray:
+    """Dense efficient attention, (H, W, dv) float64: head h's map times its own value channels
+    when heads divides dv, else every head over all value channels, outputs averaged."""
+    v = _flat(values)
+    dv = v.shape[1]
+    maps = efficient_head_maps(queries, keys, scale, variant, heads)
+    if dv % heads == 0:
+        size = dv // heads
+        out = np.concatenate([a @ v[:, h * size:(h + 1) * size] for h, a in enumerate(maps)],
+                             axis=1)
+    else:
+        out = sum(a @ v for a in maps) / heads
+    return out.reshape(values.shape[:-1] + (dv,))
+
+
+def efficient_rows(queries, keys, positions, scale, heads=1) -> np.ndarray:
+    """Dense efficient-attention maps (softmax variant) averaged over heads, (m, H, W)."""
+    height, width = queries.shape[:2]
+    mean_map = sum(efficient_head_maps(queries, keys, scale, "softmax", heads)) / heads
+    index = [y * width + x for y, x in positions]
+    return mean_map[index].reshape(-1, height, width)

@@ -94,9 +94,11 @@ METHODS: dict[str, MethodInfo] = {
     "fast": MethodInfo(
         "fast",
         "FAST 'fastmax' (Gerami et al. 2024): the polynomial score 1 + s + s^2/2 (p=2) or 1 + s "
-        "(p=1) of normalised q, k, factorised through key moments; a different operator with a "
-        "small dynamic range (<= 5:1), not an approximation of peaked softmax.",
-        "O(n d^(p+1)) time (reduce d first for p=2), O(d^(p+1)) memory",
+        "(p=1) of normalised q, k (default: unit norm), factorised through key moments; a "
+        "different operator with a small dynamic range (<= 5:1), not an approximation of "
+        "peaked softmax.",
+        "O(n d^p dv) time (d^(p+1) a token when dv = d; reduce d first for p=2), "
+        "O(n d + d^p dv) memory",
         ("p", "normalization"),
     ),
     "efficient": MethodInfo(
