@@ -1,0 +1,248 @@
+"""How close each attention method comes to exact attention on image tokens (design section 6).
+
+    python benchmarks/fidelity.py [--images 05,08,09,12] [--size 128] [--budgets 64,256,1024]
+        [--tokens patch,pca8] [--repeats 1] [--threads 2] [--plot docs/images/fidelity.png]
+        [--out fidelity.json]
+
+Tokens: the 5 x 5 patches of a ``size x size`` centre crop of each Set12 image (in [0, 1]), each
+patch minus its own mean (centred), divided by its norm (floored at 0.02, so flat patches give
+short vectors and near-uniform maps): ``q = k = x``, and the same after a PCA to 8 dimensions
+(``pca8``).  With unit vectors ``q.k = 1 - |q - k|**2 / 2``, so softmax attention with scale
+``beta`` weighs keys by patch similarity, like non-local means, and ``beta`` sets the
+temperature: ``peaked`` (beta = 64: about 10 keys hold the mass of a row), ``medium`` (16: a few
+hundred) and ``diffuse`` (4: thousands).  Values: the crop's pixels minus their mean, so that no
+method gains from reproducing a constant.
+
+Budgets: every method gets the same number of non-zeros plus random features per row, ``B``:
+
+- ``local``: the (2r+1)^2 <= B window;  ``scram``: k = B // 9 matches with 3 x 3 windows;
+- ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
+- ``scatterbrain``: half and half: a (2r+1)^2 <= B / 2 local window (or LSH buckets, or the
+  PatchMatch support) plus B / 2 features;
+- ``fast`` and ``efficient`` have no budget (their cost is fixed by d): one row per temperature.
+
+Metrics against ``exact`` (the blocked kernel): relative output error ||O' - O|| / ||O||, mean
+row total variation and KL(exact || method) over 64 sampled query pixels, and time (median of
+``--repeats``).  Prints a table, writes ``results/<out>`` and, with ``--plot``, a figure of
+error against budget, one panel per temperature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+from _common import machine, median_time, set12_images, write_json
+
+import nlattn
+from nlattn.metrics import relative_error, row_kl, row_total_variation
+
+TEMPERATURES = (("peaked", 64.0), ("medium", 16.0), ("diffuse", 4.0))
+NORM_FLOOR = 0.02
+N_QUERIES = 64
+
+
+def tokens(image: np.ndarray, kind: str) -> np.ndarray:
+    """Unit-normalised, per-patch centred 5 x 5 patch vectors (optionally PCA-8) of ``image``."""
+    patches = nlattn.extract_patches(image.astype(np.float32), 2, centre=False)
+    patches = patches - patches.mean(axis=-1, keepdims=True)
+    if kind == "pca8":
+        from nlattn.features import pca_reduce
+
+        patches = pca_reduce(patches, 8)
+    norms = np.sqrt((patches.astype(np.float64) ** 2).sum(-1, keepdims=True))
+    return (patches / np.maximum(norms, NORM_FLOOR)).astype(np.float32)
+
+
+def window_radius_for(budget: int) -> int:
+    """The largest r with (2r + 1)^2 <= budget."""
+    return max(0, (math.isqrt(budget) - 1) // 2)
+
+
+def configurations(budget: int) -> list[tuple[str, str, dict]]:
+    """(label, method, parameters) of each budgeted method at ``budget`` per row."""
+    half = budget // 2
+    return [
+        ("local", "local", {"window_radius": window_radius_for(budget)}),
+        ("scram", "scram", {"k": max(1, budget // 9), "window_radius": 1}),
+        ("lsh", "lsh", {"n_hashes": 2, "bucket_size": max(1, half)}),
+        ("performer", "performer", {"n_features": budget}),
+        ("scatterbrain", "scatterbrain",
+         {"support": "local", "window_radius": window_radius_for(half), "n_features": half}),
+        ("scatterbrain-lsh", "scatterbrain",
+         {"support": "lsh", "n_hashes": 1, "bucket_size": half, "n_features": half}),
+        ("scatterbrain-pm", "scatterbrain",
+         {"support": "patchmatch", "k": max(1, half // 9), "window_radius": 1,
+          "n_features": half}),
+    ]
+
+
+FIXED = [("fast", "fast", {"p": 2}), ("efficient", "efficient", {})]
+
+
+def measure(q, values, positions, beta, method, params, exact, exact_rows, repeats) -> dict:
+    def run():
+        return nlattn.attention(q, q, values, method, scale=beta, **params)
+
+    seconds, out = median_time(run, repeats)
+    rows = nlattn.attention_rows(q, q, positions, method, scale=beta, **params)
+    return {
+        "relative_error": relative_error(out, exact),
+        "row_tv": float(np.mean(row_total_variation(rows, exact_rows))),
+        "row_kl": float(np.mean(row_kl(exact_rows, rows))),
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", default="05,08,09,12")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--budgets", default="64,256,1024")
+    parser.add_argument("--tokens", default="patch,pca8")
+    parser.add_argument("--methods", default=None,
+                        help="labels to run (default: all), e.g. local,performer,scatterbrain")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", default=None)
+    parser.add_argument("--out", default="fidelity.json")
+    args = parser.parse_args()
+
+    import numba
+
+    numba.set_num_threads(args.threads)
+    images = set12_images()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    wanted = None if args.methods is None else set(args.methods.split(","))
+    rng = np.random.default_rng(0)
+    results = []
+    for kind in args.tokens.split(","):
+        for name in args.images.split(","):
+            clean = images[name] / 255.0
+            cy, cx, half_size = clean.shape[0] // 2, clean.shape[1] // 2, args.size // 2
+            crop = clean[cy - half_size: cy + half_size, cx - half_size: cx + half_size]
+            q = tokens(crop, kind)
+            values = (crop - crop.mean())[:, :, None].astype(np.float32)
+            positions = np.stack([rng.integers(0, args.size, N_QUERIES),
+                                  rng.integers(0, args.size, N_QUERIES)], axis=1)
+            for temperature, beta in TEMPERATURES:
+                start = time.perf_counter()
+                exact = nlattn.attention(q, q, values, "exact", scale=beta)
+                exact_seconds = time.perf_counter() - start
+                exact_rows = nlattn.attention_rows(q, q, positions, "exact", scale=beta)
+                support = 1.0 / (exact_rows.reshape(N_QUERIES, -1).astype(np.float64) ** 2).sum(1)
+                runs = [(b, cfg) for b in budgets for cfg in configurations(b)]
+                runs += [(None, cfg) for cfg in FIXED]
+                for budget, (label, method, params) in runs:
+                    if wanted is not None and label not in wanted:
+                        continue
+                    if method not in nlattn.METHODS:
+                        continue
+                    try:
+                        row = measure(q, values, positions, beta, method, params, exact,
+                                      exact_rows, args.repeats)
+                    except (ImportError, ValueError, TypeError) as exc:
+                        print(f"{label}: skipped ({exc})")
+                        continue
+                    row.update(tokens=kind, image=name, temperature=temperature, beta=beta,
+                               budget=budget, label=label, method=method, params=params,
+                               exact_seconds=exact_seconds,
+                               exact_effective_support=float(np.median(support)))
+                    results.append(row)
+                    print(f"{kind:5s} {name} {temperature:7s} B={budget!s:>5} {label:17s} "
+                          f"err {row['relative_error']:7.4f} TV {row['row_tv']:.3f} "
+                          f"KL {row['row_kl']:7.3f} {row['seconds']:.3f} s", flush=True)
+    summary = summarise(results)
+    print_table(summary)
+    path = write_json(args.out, {"machine": machine(), "args": vars(args), "rows": results,
+                                 "summary": summary})
+    print(f"wrote {path}")
+    if args.plot:
+        plot(summary, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Mean over images of each (tokens, temperature, budget, label)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        key = (row["tokens"], row["temperature"], row["budget"], row["label"])
+        groups.setdefault(key, []).append(row)
+    summary = []
+    for (kind, temperature, budget, label), rows in groups.items():
+        summary.append({
+            "tokens": kind, "temperature": temperature, "budget": budget, "label": label,
+            "relative_error": float(np.mean([r["relative_error"] for r in rows])),
+            "row_tv": float(np.mean([r["row_tv"] for r in rows])),
+            "row_kl": float(np.mean([r["row_kl"] for r in rows])),
+            "seconds": float(np.mean([r["seconds"] for r in rows])),
+            "exact_seconds": float(np.mean([r["exact_seconds"] for r in rows])),
+            "n_images": len(rows),
+        })
+    return summary
+
+
+def print_table(summary: list[dict]) -> None:
+    """Markdown table: relative output error per method (rows) and budget (columns)."""
+    for kind in sorted({s["tokens"] for s in summary}):
+        budgets = sorted({s["budget"] for s in summary if s["budget"] is not None})
+        labels = list(dict.fromkeys(s["label"] for s in summary if s["tokens"] == kind))
+        print(f"\nRelative output error against exact, {kind} tokens (mean over images):\n")
+        header = "| method | " + " | ".join(
+            f"{t} B={b}" for t, _ in TEMPERATURES for b in budgets) + " |"
+        print(header)
+        print("|---" * (1 + len(TEMPERATURES) * len(budgets)) + "|")
+        for label in labels:
+            cells = []
+            for temperature, _ in TEMPERATURES:
+                for budget in budgets:
+                    match = [s for s in summary if s["tokens"] == kind and s["label"] == label
+                             and s["temperature"] == temperature
+                             and (s["budget"] == budget or s["budget"] is None)]
+                    cells.append(f"{match[0]['relative_error']:.3f}" if match else "")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def plot(summary: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({s["tokens"] for s in summary})
+    fig, axes = plt.subplots(len(kinds), len(TEMPERATURES), figsize=(12, 3.6 * len(kinds)),
+                             squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    labels = list(dict.fromkeys(s["label"] for s in summary))
+    for row, kind in enumerate(kinds):
+        for col, (temperature, beta) in enumerate(TEMPERATURES):
+            ax = axes[row, col]
+            for index, label in enumerate(labels):
+                points = sorted(
+                    (s["budget"], s["relative_error"]) for s in summary
+                    if s["tokens"] == kind and s["temperature"] == temperature
+                    and s["label"] == label and s["budget"] is not None)
+                fixed = [s["relative_error"] for s in summary
+                         if s["tokens"] == kind and s["temperature"] == temperature
+                         and s["label"] == label and s["budget"] is None]
+                if points:
+                    budgets, errors = zip(*points, strict=True)
+                    ax.plot(budgets, errors, marker="o", color=colours(index), label=label)
+                elif fixed:
+                    ax.axhline(fixed[0], linestyle="--", color=colours(index), label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{kind} tokens, {temperature} (scale {beta:g})")
+            ax.set_xlabel("budget per row (non-zeros + features)")
+            if col == 0:
+                ax.set_ylabel("relative output error vs exact")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0, -1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
