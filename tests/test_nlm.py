@@ -226,3 +226,48 @@ def test_extra_neighbours_match_naive(shape, aggregation):
     out = out[0] if image.ndim == 2 else np.moveaxis(out, 0, -1)
     ref = naive.nlm(image, 1, 2, 0.3, 0.05, aggregation, extra=extra)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
+
+
+def _global_nlm_twin(image, patch_radius, h):
+    """Global NLM by its definition: every pixel (itself included) weighted exp(-d2 / h^2)."""
+    p = naive.patches(image, patch_radius)
+    flat = p.reshape(-1, p.shape[-1])
+    d2 = ((flat[:, None, :] - flat[None, :, :]) ** 2).sum(-1)
+    weights = np.exp(-(d2 - d2.min(axis=1, keepdims=True)) / h**2)
+    values = np.asarray(image, np.float64).reshape(flat.shape[0], -1)
+    out = weights @ values / weights.sum(axis=1, keepdims=True)
+    return out.reshape(image.shape)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (7, 6, 3)])
+def test_exact_attention_denoiser_is_global_nlm(shape):
+    # 3x3 patches have at most 27 elements and PCA keeps min(16, elements) of them: for the
+    # grey image it is a rotation (9 <= 16) and distances are exact
+    image = _rng(3).random(shape).astype(np.float32)
+    out = nlattn.nl_means(image, "exact", sigma=0.1, h=0.3, patch_radius=1)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    if len(shape) == 2:
+        np.testing.assert_allclose(out, _global_nlm_twin(image, 1, 0.3), rtol=2e-4, atol=2e-5)
+    else:
+        assert np.abs(out - _global_nlm_twin(image, 1, 0.3)).max() < 0.05
+
+
+@pytest.mark.parametrize("method", ["local", "fast", "efficient"])
+def test_attention_denoisers_run_and_keep_dtype(method):
+    image = (_rng(4).random((12, 10)) * 255).astype(np.uint8)
+    out = nlattn.nl_means(image, method, sigma=20.0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_attention_denoisers_reject_windowed_parameters():
+    image = _rng(5).random((8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="search_radius"):
+        nlattn.nl_means(image, "exact", sigma=0.1, search_radius=3)
+    with pytest.raises(ValueError, match="aggregation"):
+        nlattn.nl_means(image, "local", sigma=0.1, aggregation="pixel")
+    with pytest.raises(ValueError, match="k is not a parameter"):
+        nlattn.nl_means(image, "exact", sigma=0.1, k=4)
+    with pytest.raises(TypeError, match="n_features"):
+        nlattn.nl_means(image, "nlm", sigma=0.1, n_features=8)
+    out = nlattn.nl_means(image, "local", sigma=0.1, window_radius=2)
+    assert out.shape == image.shape
