@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 from nlattn_cli.attnmap import attnmap
+from nlattn_cli.bench import bench
 from nlattn_cli.denoise import denoise
 from nlattn_cli.methods import methods
 from nlattn_cli.warmup import warmup
@@ -57,6 +58,7 @@ cli.add_command(denoise)
 cli.add_command(attnmap)
 cli.add_command(methods)
 cli.add_command(warmup)
+cli.add_command(bench)
 
 
 if __name__ == "__main__":  # pragma: no cover
