@@ -10,6 +10,7 @@ import time
 import click
 from click.core import ParameterSource
 from nlattn_cli.options import (
+    MEMORY_SIZE,
     ParameterError,
     denoise_parameter_options,
     json_option,
@@ -57,6 +58,28 @@ DEMO_FILES = ("demo_noisy.png", "demo_denoised.png")
     help="Images denoised at once, in N worker processes.",
 )
 @threads_option
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Send the jobs to an existing Dask distributed cluster (tcp://HOST:PORT) instead of "
+    "local worker processes; its workers must see the files under the same absolute paths. "
+    "Needs the dask extra: pip install 'nlattn[dask]'.",
+)
+@click.option(
+    "--max-memory",
+    type=MEMORY_SIZE,
+    default=None,
+    metavar="SIZE",
+    help="Memory budget per image (bytes, or with K, M, G: 512M, 2G): large images are "
+    "denoised in tiles that fit it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run a method even where its time on an image would be absurd (exact on large "
+    "images) instead of refusing.",
+)
 @json_option
 @click.option(
     "--reference",
@@ -93,6 +116,9 @@ def denoise(
     skip_existing: bool,
     n_jobs: int,
     n_threads: int | None,
+    scheduler: str | None,
+    max_memory: int | None,
+    force: bool,
     as_json: bool,
     reference: str | None,
     demo: bool,
@@ -102,15 +128,24 @@ def denoise(
     """Denoise INPUT images (files, folders or glob patterns) with non-local means.
 
     Each output is named {stem}{suffix}{ext}, in -o DIR (keeping the layout of folder inputs) or
-    next to its input.  Inputs are never overwritten; outputs that exist are an error unless
-    --overwrite or --skip-existing.  Exit status: 0 when every input succeeded (or was skipped),
-    1 when any failed (the others are still done), 2 on usage errors.
+    next to its input.  Inputs are only read, never overwritten; outputs that exist are an error
+    unless --overwrite or --skip-existing.  Exit status: 0 when every input succeeded (or was
+    skipped), 1 when any failed (the others are still done: one error line each), 2 on usage
+    errors.
+
+    Outputs are written to a hidden temporary file (.NAME.XXXXXXXXXXXX.tmp.EXT) and renamed when
+    complete, so a batch that is killed leaves no partial output; rerun it with
+    --skip-existing to finish the rest (the leftover temporary files are removed then).
+
+    Jobs run in this process, in -j N worker processes, or on a Dask cluster (--scheduler):
+    the same jobs, names, records and exit status whichever runs them.
 
     \b
     Examples:
       nlattn denoise --demo
       nlattn denoise noisy.png --sigma 20
       nlattn denoise photos/ -o clean/ --recursive -j 2 --json > records.jsonl
+      nlattn denoise scans/ -o clean/ --scheduler tcp://10.0.0.5:8786 --skip-existing
     """
     if overwrite and skip_existing:
         raise click.UsageError("--overwrite and --skip-existing are mutually exclusive.", ctx)
@@ -120,10 +155,25 @@ def denoise(
         raise click.UsageError("give at least one INPUT (file, folder or glob), or --demo.", ctx)
     if "/" in suffix or os.sep in suffix:
         raise click.BadParameter("must not contain a path separator.", ctx, param_hint="--suffix")
+    if scheduler is not None and ctx.get_parameter_source("n_jobs") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("-j/--jobs and --scheduler are mutually exclusive.", ctx)
+    if scheduler is not None and not scheduler.strip():
+        raise click.BadParameter(
+            "give the scheduler's address, e.g. tcp://HOST:8786.", ctx, param_hint="--scheduler"
+        )
     if demo:
         given = [
             name
-            for name in ("recursive", "suffix", "skip_existing", "n_jobs", "reference")
+            for name in (
+                "recursive",
+                "suffix",
+                "skip_existing",
+                "n_jobs",
+                "reference",
+                "scheduler",
+                "max_memory",
+                "force",
+            )
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         ]
         if given:
@@ -143,6 +193,13 @@ def denoise(
         "aggregation": aggregation,
     }
     _validate(nlattn, params, n_threads)
+    if max_memory is not None:
+        from nlattn.tiling import MIN_MEMORY
+
+        if max_memory < MIN_MEMORY:
+            raise ParameterError(
+                f"--max-memory must be at least {MIN_MEMORY // 1024}K, got {max_memory} bytes"
+            )
 
     if demo:
         demo_sigma = DEMO_SIGMA if sigma is None else params["sigma"]
@@ -158,7 +215,15 @@ def denoise(
         )
         return
 
-    from nlattn.batch import collect_inputs, run_jobs
+    from nlattn.batch import MissingDependencyError, SchedulerError, collect_inputs, run_jobs
+
+    if scheduler is not None:
+        from nlattn.batch import require_dask
+
+        try:
+            require_dask()
+        except MissingDependencyError as exc:
+            raise ParameterError(f"--scheduler: {exc}") from None
 
     jobs, warnings = collect_inputs(
         list(inputs), recursive=recursive, output_dir=output, suffix=suffix
@@ -173,16 +238,23 @@ def denoise(
     policy = "overwrite" if overwrite else "skip" if skip_existing else "error"
     reporter = _Reporter(len(jobs), as_json=as_json, verbose=verbose, quiet=quiet)
     start = time.perf_counter()
-    with reporter:
-        records = run_jobs(
-            jobs,
-            params=params,
-            policy=policy,
-            n_jobs=n_jobs,
-            n_threads=n_threads,
-            reference=reference,
-            on_record=reporter.record,
-        )
+    try:
+        with reporter:
+            records = run_jobs(
+                jobs,
+                params=params,
+                policy=policy,
+                n_jobs=n_jobs,
+                n_threads=n_threads,
+                reference=reference,
+                scheduler=scheduler,
+                max_memory=max_memory,
+                force=force,
+                on_record=reporter.record,
+            )
+    except SchedulerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
     elapsed = time.perf_counter() - start
     failed = sum(record["status"] == "error" for record in records)
     if not quiet and not as_json:

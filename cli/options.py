@@ -10,8 +10,18 @@ import click
 
 #: The names of ``nlattn.DENOISE_METHODS``, spelled out so that ``--help`` needs no import of
 #: the library (a test keeps the two equal).
-DENOISE_METHOD_NAMES = ("nlm", "scram", "exact", "local", "performer", "lsh", "scatterbrain", "fast",
-                        "efficient")
+DENOISE_METHOD_NAMES = (
+    "nlm2",
+    "nlm",
+    "scram",
+    "exact",
+    "local",
+    "performer",
+    "lsh",
+    "scatterbrain",
+    "fast",
+    "efficient",
+)
 
 
 class ParameterError(click.ClickException):
@@ -153,3 +163,45 @@ def denoise_parameter_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+class MemorySizeType(click.ParamType):
+    """A size in bytes: ``2G``, ``512M``, ``1.5GiB``, ``300MB``, ``1048576``.
+
+    ``K``/``M``/``G``/``T`` (also ``KiB``... and lower case) are powers of 1024, ``KB``/``MB``/
+    ``GB``/``TB`` powers of 1000, a bare number is bytes; the result is a positive int.
+    """
+
+    name = "SIZE"
+    _BINARY = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    _DECIMAL = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                self.fail(f"{value!r} must be at least 1 byte", param, ctx)
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number) :]
+        if unit.endswith("ib"):
+            unit = unit[:-2]
+        factor = self._BINARY.get(unit) or self._DECIMAL.get(unit)
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = float("nan")
+        if factor is None or not amount > 0 or amount == float("inf"):
+            self.fail(
+                f"{value!r} is not a size: give bytes or a number with K, M, G or T "
+                "(powers of 1024; KB, MB, GB, TB: powers of 1000), e.g. 2G or 512M",
+                param,
+                ctx,
+            )
+        size = int(amount * factor)
+        if size < 1:
+            self.fail(f"{value!r} must be at least 1 byte", param, ctx)
+        return size
+
+
+MEMORY_SIZE = MemorySizeType()

@@ -5,8 +5,9 @@ This module turns the command line's ``INPUT...`` (files, folders, globs) into a
 Click code: the command line (``nlattn_cli``) and any other front end call it.
 
 The work of one job is the pure top-level function :func:`process_job`; :func:`run_jobs` runs it
-in this process or in a pool of worker processes, and another executor (a Dask cluster) can map
-the same function over the same jobs.
+with one of three executors: in this process, in a pool of worker processes (``n_jobs``), or as
+tasks on an existing Dask distributed cluster (``scheduler``, the ``dask`` extra).  Names,
+policies, records and errors are the same whichever executor runs the jobs.
 
 Rules (design §4):
 
@@ -17,7 +18,15 @@ Rules (design §4):
   never picked up from folders or globs;
 - an input is never overwritten; an existing output is an error unless the policy says
   ``overwrite`` (replace it) or ``skip`` (leave it and report the job as skipped);
-- one bad file gives an error record and the batch goes on.
+- one bad file gives an error record and the batch goes on: unreadable inputs, and outputs that
+  cannot be written (disk full, permission denied) alike;
+- nothing is lost: outputs are written to a hidden temporary file and renamed when complete, so a
+  batch killed at any moment (``kill -9``) leaves complete outputs and, at most, temporary files
+  ``.<name>.<12 hex digits>.tmp<ext>``.  Those are never taken for inputs (hidden files are
+  passed by) nor outputs (they do not have the outputs' names), and the next run writing the
+  same outputs removes them (:func:`remove_stale_temporaries`); rerunning with the ``skip``
+  policy finishes the rest.  Pool workers whose parent is killed exit at once.  Inputs are only
+  ever opened for reading.
 """
 
 from __future__ import annotations
@@ -28,18 +37,25 @@ import glob
 import math
 import multiprocessing
 import os
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "DASK_INSTALL",
     "POLICIES",
     "Job",
+    "MissingDependencyError",
+    "SchedulerError",
     "check_jobs",
     "collect_inputs",
     "iter_records",
     "output_path",
     "process_job",
+    "remove_stale_temporaries",
+    "require_dask",
     "run_jobs",
 ]
 
@@ -431,12 +447,55 @@ def _record(job: Job, params: dict, **fields) -> dict:
     return record
 
 
+def _write_reason(exc: OSError) -> str:
+    """The reason of a file-system error, without the path (the record names the output)."""
+    return exc.strerror or _one_line(exc)
+
+
+def _estimate_sigma(image, max_memory: int | None) -> float:
+    """The noise level of the whole image (within ``max_memory`` when it is given)."""
+    if max_memory is None:
+        import nlattn
+
+        return float(nlattn.estimate_sigma(image))
+    from nlattn.tiling import estimate_sigma_bounded
+
+    return float(estimate_sigma_bounded(image, max_memory))
+
+
+def _denoise(image, params: dict, n_threads: int | None, max_memory: int | None, force: bool):
+    """Denoise one image: :func:`nlattn.nl_means`, tiled under a memory budget when one is given.
+
+    Quadratic-time methods (``exact``) are refused on images where they would take absurdly
+    long unless ``force`` (:func:`nlattn.tiling.check_feasible`).
+    """
+    import nlattn
+    from nlattn import tiling
+
+    kwargs = dict(params)
+    method = kwargs.pop("method", "nlm")
+    if max_memory is not None:
+        return tiling.nl_means_tiled(
+            image, method, max_memory=max_memory, force=force, n_threads=n_threads, **kwargs
+        )
+    if method in tiling.QUADRATIC_METHODS:
+        n_channels = 1 if image.ndim == 2 else image.shape[2]
+        tiling.check_feasible(
+            method, image.shape[0] * image.shape[1], dv=n_channels, n_threads=n_threads,
+            force=force,
+        )
+    return nlattn.nl_means(image, method, **kwargs, n_threads=n_threads)
+
+
 def process_job(
     job: Job,
     params: dict,
     policy: str = "error",
     n_threads: int | None = None,
     reference: str | None = None,
+    *,
+    max_memory: int | None = None,
+    force: bool = False,
 ) -> dict:
     """Denoise one image: read, :func:`nlattn.nl_means`, write; never raises.
 
@@ -455,6 +514,13 @@ def process_job(
     reference : str or None, default None
         A clean image, or a folder holding clean images under the job's relative name; with it the
         record carries PSNR and SSIM of the output.
+    max_memory : int or None, default None
+        Memory budget in bytes: the image is denoised in tiles that fit it
+        (:func:`nlattn.tiling.nl_means_tiled`; the result is that of the untiled denoiser for
+        the windowed methods).  None: in one piece.
+    force : bool, default False
+        Run methods whose time on this image would be absurd (``exact`` on large images)
+        instead of refusing them.
 
     Returns
     -------
@@ -469,8 +535,10 @@ def process_job(
     A pure top-level function of picklable arguments, so that any executor (this module's
     process pool, a Dask cluster) can run it.  Nothing is written for a job that fails: the
     reference is read and checked before denoising, and :func:`nlattn.write_image` writes a
-    temporary file and renames it.  The input is never overwritten, whatever ``policy`` says.
-    Metrics use the nominal range of the image's dtype (255, 65535 or 1.0).
+    hidden temporary file and renames it, so a write that fails (disk full, permission denied)
+    or is interrupted (``kill -9``) never leaves a partial output.  The input is only read,
+    never written, whatever ``policy`` says.  Metrics use the nominal range of the image's dtype
+    (255, 65535 or 1.0).
     """
     start = time.perf_counter()
     if policy not in POLICIES:
@@ -507,13 +575,19 @@ def process_job(
         kwargs = dict(params)
         sigma = kwargs.get("sigma")
         if sigma is None:
-            sigma = float(nlattn.estimate_sigma(image))
+            sigma = _estimate_sigma(image, max_memory)
         kwargs["sigma"] = sigma
-        denoised = nlattn.nl_means(image, **kwargs, n_threads=n_threads)
+        denoised = _denoise(image, kwargs, n_threads, max_memory, force)
         parent = os.path.dirname(job.output)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        nlattn.write_image(job.output, denoised, meta=meta)
+        try:
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the folder {parent}: {_write_reason(exc)}") from None
+        try:
+            nlattn.write_image(job.output, denoised, meta=meta)
+        except OSError as exc:
+            raise OSError(f"cannot write {job.output}: {_write_reason(exc)}") from None
         psnr = ssim = None
         if clean is not None:
             psnr, ssim = image_metrics(denoised, clean, dtype=image.dtype)
@@ -531,17 +605,112 @@ def process_job(
 
 
 # ----------------------------------------------------------------------------------------------
-# Many jobs
+# Leftovers of interrupted writes
 # ----------------------------------------------------------------------------------------------
 
 
-def _init_worker(n_threads: int | None) -> None:
-    """Process-pool initializer: give this worker its share of Numba threads."""
-    if n_threads is None:
-        return
-    import numba
+def remove_stale_temporaries(jobs: Iterable[Job]) -> list[str]:
+    """Remove the temporary files that interrupted writes of these jobs' outputs left behind.
 
-    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    Parameters
+    ----------
+    jobs : iterable of Job
+        The batch about to run; jobs in error are ignored.
+
+    Returns
+    -------
+    list of str
+        The paths removed (files that could not be removed are left and not listed).
+
+    Notes
+    -----
+    A batch killed while writing (``kill -9``, power cut) leaves no partial output: each output
+    is written to a hidden temporary file ``.<name>.<12 hex digits>.tmp<ext>`` beside it and
+    renamed when complete (:func:`nlattn.io.atomic_file`).  The temporary file itself stays.
+    It never looks like an output or an input (its name starts with a dot, so folder scans and
+    shell globs pass it by), and the next batch that writes the same output removes it here,
+    before any job runs.  Only temporary files of this batch's own outputs are touched: two
+    batches writing the same outputs at the same time are not supported anyway.  One directory
+    listing per output folder.
+    """
+    from nlattn.io import temporary_target
+
+    wanted: dict[str, set[str]] = {}
+    for job in jobs:
+        if job.error is None and job.output:
+            folder, name = os.path.split(os.path.abspath(job.output))
+            wanted.setdefault(folder, set()).add(name)
+    removed = []
+    for folder, names in wanted.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue  # not created yet, or unreadable: nothing to clean
+        for entry in entries:
+            target = temporary_target(entry)
+            if target is None:
+                continue
+            if target in names or any(n.startswith(target) for n in names if len(target) >= 96):
+                path = os.path.join(folder, entry)
+                try:
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        os.unlink(path)
+                        removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------
+# Many jobs: one job function, three executors (this process, a process pool, a Dask cluster)
+# ----------------------------------------------------------------------------------------------
+
+#: How to install what ``scheduler=`` needs.
+DASK_INSTALL = "pip install 'nlattn[dask]'"
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is not installed; the message says which extra to install."""
+
+
+class SchedulerError(RuntimeError):
+    """The Dask scheduler cannot be reached; the message is one line naming its address."""
+
+
+def require_dask() -> None:
+    """Check that Dask's distributed scheduler can be imported.
+
+    Raises
+    ------
+    MissingDependencyError
+        With a one-line message naming the extra to install.
+    """
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            f"running jobs on a Dask cluster needs dask and distributed: {DASK_INSTALL}"
+        ) from None
+
+
+def _init_worker(n_threads: int | None, parent: int) -> None:
+    """Process-pool initializer: this worker's share of Numba threads, and a parent watchdog.
+
+    A worker whose parent dies (``kill -9`` of the batch) exits at once instead of working
+    through its queue unattended; an image it was writing stays a temporary file.
+    """
+    if n_threads is not None:
+        import numba
+
+        numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nlattn-parent-watchdog", daemon=True).start()
 
 
 def _worker_threads(n_jobs: int, n_threads: int | None) -> int | None:
@@ -553,47 +722,21 @@ def _worker_threads(n_jobs: int, n_threads: int | None) -> int | None:
     return max(1, cpus // n_jobs)
 
 
-def iter_records(
-    jobs: Iterable[Job],
-    *,
-    params: dict,
-    policy: str = "error",
-    n_jobs: int = 1,
-    n_threads: int | None = None,
-    reference: str | None = None,
-) -> Iterator[tuple[int, dict]]:
-    """Run jobs and yield ``(index, record)`` pairs as the jobs complete.
+def _serial_records(jobs: list[Job], runnable: list[int], params: dict, options: dict):
+    for i in runnable:
+        yield i, process_job(jobs[i], params, **options)
 
-    Parameters are those of :func:`run_jobs`; ``index`` is the job's position in ``jobs``.
-    """
-    from nlattn._validate import check_choice, check_int
 
-    check_choice("policy", policy, POLICIES)
-    n_jobs = check_int("n_jobs", n_jobs, minimum=1)
-    if n_threads is not None:
-        n_threads = check_int("n_threads", n_threads, minimum=1)
-    jobs = check_jobs(jobs)
-    runnable = [i for i, job in enumerate(jobs) if job.error is None]
-    # jobs already in error need no worker
-    for i, job in enumerate(jobs):
-        if job.error is not None:
-            yield i, process_job(job, params, policy, n_threads, reference)
-    if n_jobs == 1 or len(runnable) <= 1:
-        for i in runnable:
-            yield i, process_job(jobs[i], params, policy, n_threads, reference)
-        return
-    threads = _worker_threads(n_jobs, n_threads)
+def _pool_records(jobs: list[Job], runnable: list[int], params: dict, options: dict, n_jobs: int):
+    threads = options["n_threads"]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=min(n_jobs, len(runnable)),
         mp_context=context,
         initializer=_init_worker,
-        initargs=(threads,),
+        initargs=(threads, os.getpid()),
     ) as pool:
-        futures = {
-            pool.submit(process_job, jobs[i], params, policy, threads, reference): i
-            for i in runnable
-        }
+        futures = {pool.submit(process_job, jobs[i], params, **options): i for i in runnable}
         try:
             for future in concurrent.futures.as_completed(futures):
                 i = futures[future]
@@ -607,6 +750,196 @@ def iter_records(
             raise
 
 
+def _process_on_worker(job: Job, params: dict, host_slots: dict, **options) -> dict:
+    """:func:`process_job` on a Dask worker, its Numba threads shared among the host's tasks.
+
+    With ``n_threads=None`` each task gets the machine's Numba threads divided by the number of
+    task threads of all the workers on its host (``host_slots``: host -> task threads, from the
+    scheduler when the batch starts; this worker's own count for a host not listed), as the
+    process pool divides the cores among its ``n_jobs`` workers: two one-thread workers on a
+    2-core machine denoise with one Numba thread each, not two (which would oversubscribe it).
+    """
+    import numba
+
+    from nlattn._validate import numba_threads
+
+    if options.get("n_threads") is None:
+        from distributed import get_worker
+        from distributed.comm import get_address_host
+
+        try:
+            worker = get_worker()
+            own = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
+            slots = host_slots.get(get_address_host(worker.address), own)
+        except ValueError:  # not inside a worker (a synchronous scheduler)
+            slots = 1
+        options = dict(options, n_threads=max(1, numba.config.NUMBA_NUM_THREADS // slots))
+    threads = min(options["n_threads"], numba.config.NUMBA_NUM_THREADS)
+    # the share also applies to whatever the job runs without an n_threads argument (noise
+    # estimation, conversions), as a pool worker's initializer makes it its process default
+    with numba_threads(threads):
+        return process_job(job, params, **options)
+
+
+def _host_slots(client) -> dict:
+    """Task threads per host of the cluster's workers (empty when the scheduler does not say)."""
+    from distributed.comm import get_address_host
+
+    slots: dict = {}
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - only an optimisation: each worker falls back to its own
+        return slots
+    for address, info in workers.items():
+        host = info.get("host") or get_address_host(address)
+        slots[host] = slots.get(host, 0) + int(info.get("nthreads", 1) or 1)
+    return slots
+
+
+def _absolute(job: Job) -> Job:
+    """The job with absolute paths: workers do not share the client's working folder."""
+    if job.error is not None:
+        return job
+    return dataclasses.replace(
+        job, input=os.path.abspath(job.input), output=os.path.abspath(job.output)
+    )
+
+
+def _as_local(record: dict, job: Job, remote: Job, reference, remote_reference) -> dict:
+    """A worker's record with the paths as the user gave them, as the local executors write it."""
+    record = dict(record, input=job.input, output=job.output or None)
+    error = record.get("error")
+    if error:
+        pairs = [(remote.input, job.input), (remote.output, job.output)]
+        if reference is not None:
+            pairs.append((remote_reference, reference))
+        for remote_path, local_path in sorted(pairs, key=lambda p: -len(p[0])):
+            if remote_path != local_path:
+                error = error.replace(remote_path, local_path)
+        record["error"] = error
+    return record
+
+
+def _dask_records(
+    jobs: list[Job], runnable: list[int], params: dict, options: dict, scheduler
+):
+    import distributed
+
+    own_client = isinstance(scheduler, str)
+    if own_client:
+        try:
+            client = distributed.Client(scheduler, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SchedulerError(
+                f"cannot connect to the Dask scheduler at {scheduler}: {_one_line(exc)}"
+            ) from None
+    else:
+        client = scheduler
+    reference = options.get("reference")
+    remote_reference = os.path.abspath(reference) if reference is not None else None
+    remote_options = dict(options, reference=remote_reference)
+    batch = secrets.token_hex(4)
+    futures = {}
+    try:
+        host_slots = _host_slots(client)
+        for i in runnable:
+            remote = _absolute(jobs[i])
+            future = client.submit(
+                _process_on_worker,
+                remote,
+                params,
+                host_slots,
+                **remote_options,
+                key=f"nlattn-denoise-{batch}-{i}",
+                pure=False,
+            )
+            futures[future] = (i, remote)
+        for future in distributed.as_completed(list(futures), loop=client.loop):
+            i, remote = futures[future]
+            try:
+                record = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory) or was lost
+                record = _record(jobs[i], params, error=f"worker failed: {_one_line(exc)}")
+            else:
+                record = _as_local(record, jobs[i], remote, reference, remote_reference)
+            yield i, record
+    except BaseException:  # interrupted, or the consumer stopped early: drop queued jobs
+        if futures:
+            try:
+                client.cancel(list(futures))
+            except Exception:  # noqa: BLE001 - the scheduler may be gone already
+                pass
+        raise
+    finally:
+        if own_client:
+            client.close()
+
+
+def iter_records(
+    jobs: Iterable[Job],
+    *,
+    params: dict,
+    policy: str = "error",
+    n_jobs: int = 1,
+    n_threads: int | None = None,
+    reference: str | None = None,
+    scheduler=None,
+    max_memory: int | None = None,
+    force: bool = False,
+) -> Iterator[tuple[int, dict]]:
+    """Run jobs and yield ``(index, record)`` pairs as the jobs complete.
+
+    Parameters are those of :func:`run_jobs`; ``index`` is the job's position in ``jobs``.
+    """
+    from nlattn._validate import check_choice, check_int
+
+    check_choice("policy", policy, POLICIES)
+    n_jobs = check_int("n_jobs", n_jobs, minimum=1)
+    if n_threads is not None:
+        n_threads = check_int("n_threads", n_threads, minimum=1)
+    if max_memory is not None:
+        from nlattn.tiling import MIN_MEMORY
+
+        max_memory = check_int("max_memory", max_memory, minimum=MIN_MEMORY)
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool, got {type(force).__name__} {force!r}")
+    if scheduler is not None:
+        if n_jobs != 1:
+            raise ValueError(f"n_jobs must be 1 when a scheduler is given, got {n_jobs}")
+        if isinstance(scheduler, str):
+            if not scheduler.strip():
+                raise ValueError("scheduler must be a Dask scheduler address, got ''")
+        elif not hasattr(scheduler, "submit"):
+            raise TypeError(
+                "scheduler must be an address (str) or a distributed.Client, got "
+                f"{type(scheduler).__name__}"
+            )
+        require_dask()
+    jobs = check_jobs(jobs)
+    runnable = [i for i, job in enumerate(jobs) if job.error is None]
+    options = {
+        "policy": policy,
+        "n_threads": n_threads,
+        "reference": reference,
+        "max_memory": max_memory,
+        "force": force,
+    }
+    # jobs already in error need no worker
+    for i, job in enumerate(jobs):
+        if job.error is not None:
+            yield i, process_job(job, params, **options)
+    if not runnable:
+        return
+    remove_stale_temporaries(jobs[i] for i in runnable)
+    if scheduler is not None:
+        yield from _dask_records(jobs, runnable, params, options, scheduler)
+    elif n_jobs == 1 or len(runnable) <= 1:
+        yield from _serial_records(jobs, runnable, params, options)
+    else:
+        options["n_threads"] = _worker_threads(n_jobs, n_threads)
+        yield from _pool_records(jobs, runnable, params, options, n_jobs)
+
+
 def run_jobs(
     jobs: Iterable[Job],
     *,
@@ -615,6 +948,9 @@ def run_jobs(
     n_jobs: int = 1,
     n_threads: int | None = None,
     reference: str | None = None,
+    scheduler=None,
+    max_memory: int | None = None,
+    force: bool = False,
     on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run a batch of jobs, one record each; one bad file does not stop the batch.
@@ -630,9 +966,19 @@ def run_jobs(
     n_jobs : int, default 1
         Worker processes; 1 runs in this process, more use a ``spawn`` process pool.
     n_threads : int or None, default None
-        Numba threads per image.  None with ``n_jobs > 1``: the CPUs divided among the workers.
+        Numba threads per image.  None with ``n_jobs > 1``: the CPUs divided among the workers;
+        on a Dask cluster: each worker's cores divided among its task threads.
     reference : str or None, default None
         Clean image file, or folder of clean images under the jobs' relative names, for PSNR/SSIM.
+    scheduler : str, distributed.Client or None, default None
+        Run the jobs on an existing Dask distributed cluster: the scheduler's address
+        (``tcp://host:port``) or a connected client.  Needs the ``dask`` extra; the workers must
+        see the inputs and outputs under the same absolute paths (a shared file system).
+    max_memory : int or None, default None
+        Memory budget per image in bytes: images are denoised in tiles that fit it (see
+        :func:`process_job`).
+    force : bool, default False
+        Run methods whose time would be absurd on an image instead of refusing them.
     on_record : callable or None, default None
         Called with each record as its job completes (completion order).
 
@@ -644,18 +990,37 @@ def run_jobs(
     Raises
     ------
     ValueError, TypeError
-        If ``policy``, ``n_jobs`` or ``n_threads`` is invalid (before any job runs).
+        If ``policy``, ``n_jobs``, ``n_threads``, ``max_memory`` or ``scheduler`` is invalid, or
+        both ``n_jobs > 1`` and ``scheduler`` are given (before any job runs).
+    MissingDependencyError
+        If ``scheduler`` is given and Dask is not installed.
+    SchedulerError
+        If the scheduler cannot be reached.
 
     Notes
     -----
-    Results do not depend on ``n_jobs`` or ``n_threads``: each image is denoised by the same
-    deterministic kernels.  Time: the sum of the jobs' times divided by about ``n_jobs``, plus
-    worker start-up (each worker imports nlattn and loads the compiled kernels from the cache).
+    Every executor runs the same job function, :func:`process_job`, on the same jobs: in this
+    process (``n_jobs=1``), in a pool of worker processes (``n_jobs > 1``), or as Dask tasks
+    (``scheduler``); records, file names, policies and errors are the same whichever runs them
+    (a Dask worker's records give the paths as they were given here).  Results do not depend
+    on the executor, ``n_jobs`` or ``n_threads``: each image is denoised by the same
+    deterministic kernels.  Before the jobs run, temporary files left by interrupted writes of
+    their outputs are removed (:func:`remove_stale_temporaries`).  Time: the sum of the jobs'
+    times divided by about the number of workers, plus worker start-up (each worker imports
+    nlattn and loads the compiled kernels from the cache).
     """
     jobs = list(jobs)
     records: list[dict | None] = [None] * len(jobs)
     for i, record in iter_records(
-        jobs, params=params, policy=policy, n_jobs=n_jobs, n_threads=n_threads, reference=reference
+        jobs,
+        params=params,
+        policy=policy,
+        n_jobs=n_jobs,
+        n_threads=n_threads,
+        reference=reference,
+        scheduler=scheduler,
+        max_memory=max_memory,
+        force=force,
     ):
         records[i] = record
         if on_record is not None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -822,6 +823,43 @@ def _encode(f: IO[bytes], fmt: str, data: np.ndarray, has_alpha: bool, icc: byte
         _pil_image(data).save(f, "BMP")
 
 
+#: Name of the temporary file of an atomic write: ``.<target name, first 96 characters>.<12 hex
+#: digits>.tmp<target extension>``.  Hidden (leading dot), so folder scans never take it for an
+#: input; see :func:`temporary_target`.
+_TEMP_NAME = re.compile(r"\.(?P<base>.+)\.[0-9a-f]{12}\.tmp(?P<ext>(?:\.[^.]*)?)\Z", re.DOTALL)
+_TEMP_BASE_MAX = 96
+
+
+def temporary_target(name: str) -> str | None:
+    """Tell whether a file name is that of an atomic write's temporary file, and for which target.
+
+    Parameters
+    ----------
+    name : str
+        A file name (no folder part).
+
+    Returns
+    -------
+    str or None
+        The name of the file the temporary file was to become, or None when ``name`` is not such
+        a temporary file.  Names of more than 96 characters are cut to 96 in temporary names:
+        then the first 96 characters of the target's name are returned.
+
+    Notes
+    -----
+    A write interrupted by ``kill -9`` or a power cut leaves its temporary file behind (the
+    target itself is untouched: it is replaced only by the final rename).  Batch runs use this
+    function to remove the leftovers of the outputs they are about to write.  O(len(name)).
+    """
+    match = _TEMP_NAME.match(name)
+    if match is None:
+        return None
+    base = match.group("base")
+    if len(base) < _TEMP_BASE_MAX and os.path.splitext(base)[1] != match.group("ext"):
+        return None
+    return base
+
+
 def _open_temp(directory: str, base: str, ext: str) -> tuple[IO[bytes], str]:
     """Create and open a new hidden file ``.<base>.<random>.tmp<ext>`` in ``directory``.
 
@@ -830,7 +868,9 @@ def _open_temp(directory: str, base: str, ext: str) -> tuple[IO[bytes], str]:
     real file name (tifffile needs one).
     """
     for _ in range(100):
-        tmp = os.path.join(directory, f".{base[:96]}.{secrets.token_hex(6)}.tmp{ext}")
+        tmp = os.path.join(
+            directory, f".{base[:_TEMP_BASE_MAX]}.{secrets.token_hex(6)}.tmp{ext}"
+        )
         try:
             return open(tmp, "xb"), tmp
         except FileExistsError:

@@ -344,3 +344,31 @@ def test_job_is_a_frozen_picklable_dataclass():
     assert pickle.loads(pickle.dumps(job)) == job
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.input = "c.png"
+
+
+def test_run_jobs_checks_the_new_arguments(tmp_path):
+    save(tmp_path / "a.png")
+    jobs, _ = collect_inputs([str(tmp_path)])
+    with pytest.raises(ValueError, match="max_memory must be >= 65536"):
+        run_jobs(jobs, params=PARAMS, max_memory=1000)
+    with pytest.raises(TypeError, match="force must be a bool"):
+        run_jobs(jobs, params=PARAMS, force=1)
+    assert not (tmp_path / "a_denoised.png").exists()
+
+
+def test_remove_stale_temporaries_only_of_the_batch_outputs(tmp_path):
+    from nlattn.batch import remove_stale_temporaries
+
+    save(tmp_path / "a.png")
+    jobs, _ = collect_inputs([str(tmp_path)], output_dir=str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    mine = tmp_path / "out" / ".a_denoised.png.0123456789ab.tmp.png"
+    other = tmp_path / "out" / ".b_denoised.png.0123456789ab.tmp.png"
+    kept = tmp_path / "out" / ".a_denoised.png.notatoken.tmp.png"
+    for path in (mine, other, kept):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(jobs) == [str(mine)]
+    assert not mine.exists() and other.exists() and kept.exists()
+    # an output folder that does not exist yet is fine
+    jobs, _ = collect_inputs([str(tmp_path / "a.png")], output_dir=str(tmp_path / "new"))
+    assert remove_stale_temporaries(jobs) == []

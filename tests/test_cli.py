@@ -460,6 +460,12 @@ def test_verbose_and_quiet(tmp_path):
         (["--threads", "0"], "--threads"),
         (["--threads", "100000"], "--threads"),
         (["--suffix", "a/b"], "--suffix"),
+        (["--max-memory", "abc"], "--max-memory"),
+        (["--max-memory", "0"], "--max-memory"),
+        (["--max-memory", "-2G"], "--max-memory"),
+        (["--max-memory", "1K"], "--max-memory"),  # below the smallest budget
+        (["--scheduler", "tcp://127.0.0.1:1", "-j", "2"], "mutually exclusive"),
+        (["--scheduler", " "], "--scheduler"),
     ],
 )
 def test_usage_errors(tmp_path, args, needle):
@@ -526,3 +532,62 @@ def test_demo(tmp_path):
     # --demo takes no INPUT, nor batch options
     assert run("denoise", "--demo", tmp_path / "demo_noisy.png").exit_code == 2
     assert run("denoise", "--demo", "-j", "2").exit_code == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# memory budget and infeasible runs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2G", 2 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29), ("300MB", 3 * 10**8),
+     ("1048576", 2**20), ("64k", 2**16)],
+)
+def test_memory_sizes(text, size):
+    from nlattn_cli.options import MEMORY_SIZE
+
+    assert MEMORY_SIZE.convert(text, None, None) == size
+
+
+def test_max_memory_denoises_in_tiles_with_the_same_result(tmp_path, monkeypatch):
+    import nlattn.tiling
+
+    tiled_runs = []
+    run_tiles = nlattn.tiling.run_tiles
+
+    def counting(image, tiles, *args, **kwargs):
+        tiled_runs.append(len(tiles))
+        return run_tiles(image, tiles, *args, **kwargs)
+
+    monkeypatch.setattr(nlattn.tiling, "run_tiles", counting)
+    save(tmp_path / "in" / "wide.png", noisy_image(3, shape=(64, 200)))
+    args = ["denoise", tmp_path / "in", "--patch-radius", "1", "--search-radius", "3"]
+    args += ["--sigma", "12"]
+    whole = run(*args, "-o", tmp_path / "whole", "--json")
+    tiled = run(*args, "-o", tmp_path / "tiled", "--max-memory", "128K", "--json")
+    assert whole.exit_code == tiled.exit_code == 0, tiled.output
+    assert len(tiled_runs) == 1 and tiled_runs[0] > 1  # the budget did cut the image
+    name = "wide_denoised.png"
+    np.testing.assert_array_equal(read(tmp_path / "whole" / name), read(tmp_path / "tiled" / name))
+
+
+def test_exact_refuses_absurd_runs_unless_forced(tmp_path, monkeypatch):
+    import nlattn.tiling
+
+    # any run "takes too long" here, so the refusal is seen on a tiny image
+    monkeypatch.setattr(nlattn.tiling, "MAX_FEASIBLE_SECONDS", 1e-12)
+    save(tmp_path / "a.png", noisy_image(shape=(12, 12)))
+    for budget in ([], ["--max-memory", "1G"]):
+        result = run("denoise", tmp_path / "a.png", "--method", "exact", "--sigma", "10", *budget)
+        assert result.exit_code == 1
+        errors = error_lines(result)
+        assert len(errors) == 1 and "would take about" in errors[0] and "--force" in errors[0]
+        assert not (tmp_path / "a_denoised.png").exists()
+        forced = run(
+            "denoise", tmp_path / "a.png", "--method", "exact", "--sigma", "10", "--force",
+            "--overwrite", *budget,
+        )
+        assert forced.exit_code == 0, forced.output
+        assert (tmp_path / "a_denoised.png").exists()
+        os.remove(tmp_path / "a_denoised.png")
