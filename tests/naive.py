@@ -414,3 +414,146 @@ def efficient_rows(queries, keys, positions, scale, heads=1) -> np.ndarray:
     mean_map = sum(efficient_head_maps(queries, keys, scale, "softmax", heads)) / heads
     index = [y * width + x for y, x in positions]
     return mean_map[index].reshape(-1, height, width)
+
+
+# --------------------------------------- Performer, LSH and Scatterbrain
+# Brute-force NumPy twins of performer, lsh and scatterbrain attention (imports nothing from
+# nlattn).
+#
+# Each twin implements a method's definition directly (dense matrices, Python loops), given the
+# same random draws as the method (the projections, the bucket assignment, the PatchMatch matches),
+# which the tests take from the method's own helpers.
+
+def dense_scores(queries, keys, scale):
+    """``scale * q_i . k_j`` for every flat pair: ``(n, n)`` float64."""
+    q = np.asarray(queries, np.float64).reshape(-1, queries.shape[-1])
+    k = np.asarray(keys, np.float64).reshape(-1, keys.shape[-1])
+    return scale * (q @ k.T)
+
+
+def _sqrtm(matrix):
+    e, v = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (v * np.sqrt(np.maximum(e, 0.0))) @ v.T
+
+
+def balanced_tokens(queries, keys, scale, drop_relative=1e-7):
+    """The exact rewriting of the scores by centring and balancing.
+
+    Returns ``(x, y, u, beta)`` with ``scale q_i.k_j = x_i.y_j + u_j + beta_i``: ``x = sqrt(scale)
+    A (q - mean q)``, ``y = sqrt(scale) A^-1 (k - mean k)``, ``A^2`` the geometric mean of
+    ``C_q^-1`` and ``C_k`` (second moments), directions with energy below ``drop_relative`` of
+    the largest projected out; ``u_j = scale mean(q).k_j`` and ``beta_i = scale (q_i -
+    mean q).mean(k)``.
+    """
+    d = queries.shape[-1]
+    q = np.asarray(queries, np.float64).reshape(-1, d)
+    k = np.asarray(keys, np.float64).reshape(-1, d)
+    qm, km = q.mean(axis=0), k.mean(axis=0)
+    qc, kc = q - qm, k - km
+    cq = qc.T @ qc / len(q) + 1e-12 * np.trace(qc.T @ qc / len(q)) / d * np.eye(d)
+    ck = kc.T @ kc / len(k) + 1e-12 * np.trace(kc.T @ kc / len(k)) / d * np.eye(d)
+    root = _sqrtm(cq)
+    inv_root = np.linalg.inv(root)
+    geometric = inv_root @ _sqrtm(root @ ck @ root) @ inv_root
+    a = _sqrtm(geometric)
+    a_inv = np.linalg.inv(a)
+    x, y = qc @ a, kc @ a_inv
+    e, v = np.linalg.eigh((x.T @ x + y.T @ y) / len(q))
+    keep = v[:, e > drop_relative * e.max()]
+    x, y = x @ keep @ keep.T, y @ keep @ keep.T
+    u = scale * (k @ qm)
+    beta = scale * (q @ km - qm @ km)
+    return np.sqrt(scale) * x, np.sqrt(scale) * y, u, beta
+
+
+def favor_estimates(queries, keys, scale, projections, n_features):
+    """Performer's positive-feature estimate of ``exp(scale q_i.k_j)`` for every flat pair.
+
+    ``projections`` ``(d, P)``, ``P = ceil(n_features / 2)``: feature ``f`` is
+    ``exp(s_f w.x - |x|^2 / 2) / sqrt(m)`` with ``w`` the column ``f // 2`` and ``s_f`` its sign,
+    ``+`` for even ``f`` and ``-`` for odd ``f``, on the balanced tokens of
+    :func:`balanced_tokens`, times the exact factors ``exp(u_j + beta_i)``.  Returns ``(n, n)``
+    float64.
+    """
+    x, y, u, beta = balanced_tokens(queries, keys, scale)
+    signs = np.where(np.arange(n_features) % 2 == 0, 1.0, -1.0)
+    w = projections[:, np.arange(n_features) // 2] * signs  # (d, m)
+    log_q = x @ w - 0.5 * (x**2).sum(axis=1, keepdims=True)
+    log_k = y @ w - 0.5 * (y**2).sum(axis=1, keepdims=True)
+    # exp(log_q) exp(log_k) summed over features, in log space for safety
+    total = log_q[:, None, :] + log_k[None, :, :]
+    top = total.max(axis=2, keepdims=True)
+    est = np.exp(top[..., 0]) * np.exp(total - top).sum(axis=2) / n_features
+    return est * np.exp(u[None, :] + beta[:, None])
+
+
+def weighted_attention(weights, values):
+    """``out_i = sum_j w_ij v_j / sum_j w_ij`` for a dense ``(n, n)`` weight matrix."""
+    v = np.asarray(values, np.float64).reshape(weights.shape[1], -1)
+    return (weights @ v) / weights.sum(axis=1, keepdims=True)
+
+
+def weighted_rows(weights, flat_positions):
+    """Rows ``w_ij / sum_j w_ij`` of the flat queries ``flat_positions``: ``(m, n)``."""
+    rows = weights[list(flat_positions)]
+    return rows / rows.sum(axis=1, keepdims=True)
+
+
+def window_supports(height, width, radius):
+    """The ``(2r+1)^2`` window around every pixel, clipped: a list of sets of flat indices."""
+    supports = []
+    for y in range(height):
+        for x in range(width):
+            supports.append({yy * width + xx
+                             for yy in range(max(0, y - radius), min(height, y + radius + 1))
+                             for xx in range(max(0, x - radius), min(width, x + radius + 1))})
+    return supports
+
+
+def match_supports(matches, height, width, radius):
+    """SCRAM's support: the union of the windows around each valid match (``matches`` (H, W, k)
+    flat indices, -1 empty), as a flat list of sets."""
+    supports = []
+    for y in range(height):
+        for x in range(width):
+            ids = set()
+            for j in matches[y, x]:
+                if j < 0:
+                    continue
+                cy, cx = int(j) // width, int(j) % width
+                for yy in range(max(0, cy - radius), min(height, cy + radius + 1)):
+                    for xx in range(max(0, cx - radius), min(width, cx + radius + 1)):
+                        ids.add(yy * width + xx)
+            supports.append(ids)
+    return supports
+
+
+def lsh_supports(query_bucket, key_bucket):
+    """Query ``i`` attends to every key sharing its bucket in at least one round."""
+    n = query_bucket.shape[1]
+    return [set(np.flatnonzero((key_bucket == query_bucket[:, i : i + 1]).any(axis=0)).tolist())
+            for i in range(n)]
+
+
+def support_weights(queries, keys, scale, supports):
+    """Exact softmax weights restricted to each support: ``(n, n)``, each row shifted by its
+    maximum on the support, zero elsewhere."""
+    s = dense_scores(queries, keys, scale)
+    w = np.zeros_like(s)
+    for i, ids in enumerate(supports):
+        ids = sorted(ids)
+        w[i, ids] = np.exp(s[i, ids] - s[i, ids].max())
+    return w
+
+
+def scatterbrain_weights(queries, keys, scale, supports, estimates):
+    """Scatterbrain's unnormalised weights: ``exp(s_ij)`` on the support, the features' estimate
+    ``estimates[i, j]`` elsewhere (each row divided by ``exp`` of its largest score, which
+    cancels in the normalisation)."""
+    s = dense_scores(queries, keys, scale)
+    top = s.max(axis=1, keepdims=True)
+    w = estimates * np.exp(-top)
+    for i, ids in enumerate(supports):
+        ids = sorted(ids)
+        w[i, ids] = np.exp(s[i, ids] - top[i, 0])
+    return w

@@ -77,8 +77,10 @@ METHODS: dict[str, MethodInfo] = {
     ),
     "lsh": MethodInfo(
         "lsh",
-        "Reformer-style LSH attention: exact softmax inside equal-size buckets of queries and "
-        "keys sorted by random projections, over n_hashes rounds; good for peaked maps.",
+        "LSH attention (Reformer-style, q != k): exact softmax inside equal-size buckets of "
+        "keys sorted by random-hyperplane codes of an exact embedding that turns scores into "
+        "distances (NLM: patch distance), over n_hashes rounds, each key counted once; good "
+        "for peaked maps.",
         "O(n n_hashes (log n + bucket_size d)) time, O(n n_hashes) memory",
         ("n_hashes", "bucket_size"),
     ),
