@@ -15,9 +15,13 @@ output clipped to [0, 255].
 
 Rows (sigma is the true noise level, given to every method that takes one):
 
-- ``nlattn nlm (default)``: ``nlattn.nl_means(noisy, sigma=sigma)``, the parameters
-  ``nlattn denoise`` uses: patch-wise aggregation, patch radius, search radius and h from the
-  preset for sigma (``nlattn.denoise.presets``; recorded in the JSON).
+- ``nlattn nlm2``: ``nlattn.nl_means(noisy, "nlm2", sigma=sigma)``: the two-stage denoiser (NLM
+  pilot, then collaborative Wiener filtering of block groups), parameters from its preset for
+  sigma (``nlattn.denoise.presets.NLM2_GREY``; recorded in the JSON).
+- ``nlattn nlm2 sigma auto``: the same without ``sigma`` (estimated by ``nlattn.estimate_sigma``
+  inside the timed call); the estimate of every image is recorded (``sigma_estimate``).
+- ``nlattn nlm``: ``nlattn.nl_means(noisy, "nlm", sigma=sigma)``, one-stage windowed NLM:
+  patch-wise aggregation, patch radius, search radius and h from its preset for sigma.
 - ``nlattn nlm pixel 7/21`` and ``nlattn nlm patch 7/21``: ``nlattn.nl_means(noisy, sigma=sigma,
   h=0.4 sigma, patch_radius=3, search_radius=10, aggregation="pixel" | "patch")``: OpenCV's
   patch (7x7) and search window (21x21), for a speed comparison at equal work.  h = 0.4 sigma is
@@ -52,8 +56,17 @@ median wall time kept (``time.perf_counter``; conversions such as ``/ 255`` and 
 quantisation are outside the timed call).  Per sigma and method: PSNR and SSIM averaged over the
 chosen images (and per size in the JSON), the median over the 256x256 images and over the
 512x512 images of the per-image median times, and speed ratios ``peer time / method time``
-(> 1: faster than the peer) from those medians, against OpenCV and scikit-image timed in the same
-run.
+(> 1: faster than the peer) from those medians, against OpenCV, scikit-image and BM3D timed in
+the same run (``×BM3D`` = BM3D's median time / the method's: the two-stage denoiser's target is
+10 or more on 512x512 images).
+
+Colour (unless ``--no-colour``): scikit-image's ``astronaut`` (512x512) and ``coffee``
+(400x600), as float64 in [0, 255], noise ``add_noise(clean, sigma, seed=200 + i)`` (``i``: 0, 1)
+on every channel, not clipped; PSNR over all channels and SSIM with ``channel_axis=-1``, on the
+output clipped to [0, 255].  Rows: ``nlattn nlm2`` and ``nlattn nlm`` (``nl_means`` with
+``sigma``; colour presets), ``OpenCV colored 7/21`` (``cv2.fastNlMeansDenoisingColored(u8, None,
+h=sigma, hColor=sigma, 7, 21)`` on the uint8-quantised input) and ``CBM3D``
+(``bm3d.bm3d_rgb(noisy, sigma)``, opponent colour space, timed once).
 
 ``--sizes-2048`` adds a speed-only section on a 2048x2048 image made by tiling the first chosen
 512x512 image 4x4 (``np.tile``; the first 512x512 Set12 image if none is chosen) plus noise of
@@ -92,6 +105,12 @@ from _common import (
 )
 
 OPENCV = "OpenCV 7/21"
+BM3D = "BM3D"
+NLM2 = "nlattn nlm2"
+NLM2_AUTO = "nlattn nlm2 sigma auto"
+NLM1 = "nlattn nlm"
+OPENCV_COLOUR = "OpenCV colored 7/21"
+CBM3D = "CBM3D"
 SKIMAGE_55 = "skimage 5/5"
 SKIMAGE_711 = "skimage 7/11"
 DROPIN_PEER = {"nlattn drop-in 5/5": SKIMAGE_55, "nlattn drop-in 7/11": SKIMAGE_711}
@@ -127,7 +146,7 @@ def build_methods(threads: int, use_bm3d: bool, skip: list[str]) -> list[Method]
         return lambda x, s: nlattn.nl_means(x, sigma=s, n_threads=threads, **kw)
 
     def nlm_721(aggregation):
-        return lambda x, s: nlattn.nl_means(x, sigma=s, h=0.4 * s, patch_radius=3,
+        return lambda x, s: nlattn.nl_means(x, "nlm", sigma=s, h=0.4 * s, patch_radius=3,
                                             search_radius=10, aggregation=aggregation,
                                             n_threads=threads)
 
@@ -144,8 +163,12 @@ def build_methods(threads: int, use_bm3d: bool, skip: list[str]) -> list[Method]
     args55 = sk_args(5, 5, 0.7)
     args711 = sk_args(7, 11, 0.8)
     methods = [
-        Method("nlattn nlm (default)", "nl_means(noisy, sigma=s): preset f/s/h, patch-wise",
-               nlm(), jit=True),
+        Method(NLM2, "nl_means(noisy, 'nlm2', sigma=s): two stages, preset for sigma",
+               nlm(method="nlm2"), jit=True),
+        Method(NLM2_AUTO, "nl_means(noisy, 'nlm2'): sigma estimated inside the call",
+               lambda x, s: nlattn.nl_means(x, "nlm2", n_threads=threads), jit=True),
+        Method(NLM1, "nl_means(noisy, 'nlm', sigma=s): preset f/s/h, patch-wise",
+               nlm(method="nlm"), jit=True),
         Method("nlattn nlm pixel 7/21", "nl_means(h=0.4s, patch_radius=3, search_radius=10, "
                "aggregation='pixel')", nlm_721("pixel"), jit=True),
         Method("nlattn nlm patch 7/21", "nl_means(h=0.4s, patch_radius=3, search_radius=10, "
@@ -186,11 +209,127 @@ def build_methods(threads: int, use_bm3d: bool, skip: list[str]) -> list[Method]
             skip.append(f"BM3D: skipped, bm3d not importable ({exc}); pip install bm3d")
         else:
             methods.append(Method(
-                "BM3D", "bm3d.bm3d(noisy, sigma_psd=s), default profile; timed once per image",
+                BM3D, "bm3d.bm3d(noisy, sigma_psd=s), default profile; timed once per image",
                 lambda x, s: bm3d.bm3d(x, sigma_psd=s),
                 finish=lambda out: np.asarray(out, np.float64).reshape(out.shape[:2]),
                 once=True))
     return methods
+
+
+def colour_images() -> dict[str, np.ndarray]:
+    """scikit-image's astronaut and coffee, float64 in [0, 255]."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut().astype(np.float64),
+            "coffee": data.coffee().astype(np.float64)}
+
+
+def colour_ssim(clean: np.ndarray, estimate: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(clean, np.clip(estimate, 0, 255), data_range=255,
+                                       channel_axis=-1))
+
+
+def build_colour_methods(threads: int, use_bm3d: bool, skip: list[str]) -> list[Method]:
+    import nlattn
+
+    methods = [
+        Method(NLM2, "nl_means(noisy, 'nlm2', sigma=s): colour preset", lambda x, s:
+               nlattn.nl_means(x, "nlm2", sigma=s, n_threads=threads), jit=True),
+        Method(NLM1, "nl_means(noisy, 'nlm', sigma=s): colour preset", lambda x, s:
+               nlattn.nl_means(x, "nlm", sigma=s, n_threads=threads), jit=True),
+    ]
+    try:
+        import cv2
+    except ImportError as exc:
+        skip.append(f"{OPENCV_COLOUR}: skipped, cv2 not importable ({exc})")
+    else:
+        cv2.setNumThreads(threads)
+        methods.append(Method(
+            OPENCV_COLOUR, "cv2.fastNlMeansDenoisingColored(u8, None, h=s, hColor=s, 7, 21), "
+            "u8 = clip(rint(noisy), 0, 255) as uint8",
+            lambda x, s: cv2.fastNlMeansDenoisingColored(x, None, float(s), float(s), 7, 21),
+            lambda noisy: np.clip(np.rint(noisy), 0, 255).astype(np.uint8)))
+    if use_bm3d:
+        try:
+            import bm3d
+        except ImportError as exc:
+            skip.append(f"{CBM3D}: skipped, bm3d not importable ({exc})")
+        else:
+            methods.append(Method(
+                CBM3D, "bm3d.bm3d_rgb(noisy, sigma_psd=s), opponent colour space; timed once",
+                lambda x, s: bm3d.bm3d_rgb(x, s), once=True))
+    return methods
+
+
+def run_colour(methods, runner, sigmas, log) -> tuple[list[dict], dict]:
+    images = colour_images()
+    records: list[dict] = []
+    summaries = {}
+    for sigma in sigmas:
+        rows = []
+        for i, (name, clean) in enumerate(images.items()):
+            noisy = add_noise(clean, sigma, seed=200 + i)
+            for method in methods:
+                seconds, out = runner.time(method, noisy, sigma)
+                rec = {"sigma": sigma, "image": name, "shape": list(clean.shape),
+                       "method": method.name, "psnr": psnr(clean, out),
+                       "ssim": colour_ssim(clean, out), "seconds": seconds,
+                       "runs": 1 if method.once else runner.repeats}
+                rows.append(rec)
+                log(f"colour sigma {sigma:g} {name} {method.name:22s} PSNR {rec['psnr']:.2f} "
+                    f"SSIM {rec['ssim']:.4f} {seconds:.3f} s")
+        records += rows
+        summary = {}
+        for method in methods:
+            mine = [r for r in rows if r["method"] == method.name]
+            summary[method.name] = {
+                "psnr": _mean([r["psnr"] for r in mine]),
+                "ssim": _mean([r["ssim"] for r in mine]),
+                "per_image": {r["image"]: {"psnr": r["psnr"], "ssim": r["ssim"],
+                                           "seconds": r["seconds"]} for r in mine},
+                "seconds": _median([r["seconds"] for r in mine])}
+        for entry in summary.values():
+            entry["speedup_vs"] = {peer: _ratio(summary[peer]["seconds"], entry["seconds"])
+                                   for peer in (OPENCV_COLOUR, CBM3D) if peer in summary}
+        summaries[f"{sigma:g}"] = summary
+    return records, summaries
+
+
+def colour_table(summaries: dict) -> str:
+    lines = ["### colour (astronaut 512x512, coffee 400x600)", "",
+             "| sigma | method | PSNR astronaut | PSNR coffee | mean PSNR | mean SSIM | "
+             "median s | ×CBM3D |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for sigma, summary in summaries.items():
+        for name, e in summary.items():
+            once = " (1 run)" if name == CBM3D else ""
+            per = e["per_image"]
+            lines.append(
+                f"| {sigma} | {name}{once} | {_fmt(per.get('astronaut', {}).get('psnr'), '.2f')} "
+                f"| {_fmt(per.get('coffee', {}).get('psnr'), '.2f')} | {_fmt(e['psnr'], '.2f')} "
+                f"| {_fmt(e['ssim'], '.4f')} | {_fmt_s(e['seconds'])} | "
+                f"{_fmt(e['speedup_vs'].get(CBM3D), '.1f')} |")
+    return "\n".join(lines)
+
+
+def sigma_table(records: list[dict]) -> str:
+    """Estimated sigma against the true one (the ``sigma auto`` row)."""
+    rows = [r for r in records if "sigma_estimate" in r]
+    if not rows:
+        return ""
+    lines = ["### noise estimate (nlattn.estimate_sigma) and the cost of sigma auto", "",
+             "| sigma | mean estimate | largest relative error | PSNR sigma given | "
+             "PSNR sigma auto |", "|---:|---:|---:|---:|---:|"]
+    for sigma in sorted({r["sigma"] for r in rows}):
+        here = [r for r in rows if r["sigma"] == sigma]
+        given = [r for r in records if r["sigma"] == sigma and r["method"] == NLM2]
+        errors = [r["sigma_estimate"] / sigma - 1.0 for r in here]
+        lines.append(f"| {sigma:g} | {np.mean([r['sigma_estimate'] for r in here]):.2f} | "
+                     f"{100 * max(errors, key=abs):+.1f} % | "
+                     f"{_fmt(_mean([r['psnr'] for r in given]), '.2f')} | "
+                     f"{np.mean([r['psnr'] for r in here]):.2f} |")
+    return "\n".join(lines)
 
 
 class Runner:
@@ -255,7 +394,7 @@ def summarise(records: list[dict], names: list[str]) -> dict[str, dict]:
         entry["speedup_vs"] = {
             peer: {str(size): _ratio(summary[peer][f"seconds_{size}"], entry[f"seconds_{size}"])
                    for size in (256, 512)}
-            for peer in (OPENCV, SKIMAGE_55, SKIMAGE_711) if peer in summary
+            for peer in (OPENCV, SKIMAGE_55, SKIMAGE_711, BM3D, CBM3D) if peer in summary
         }
     return summary
 
@@ -272,14 +411,16 @@ def _fmt_s(value: float | None) -> str:
 
 def markdown_table(sigma: float, summary: dict[str, dict]) -> str:
     lines = [f"### sigma = {sigma:g}", "",
-             "| method | PSNR | SSIM | median s 256² | median s 512² | ×OpenCV (512²) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| method | PSNR | SSIM | median s 256² | median s 512² | ×OpenCV (512²) | "
+             "×BM3D (512²) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in summary.items():
         ratio = e["speedup_vs"].get(OPENCV, {}).get("512")
-        once = " (1 run)" if name == "BM3D" else ""
+        vs_bm3d = e["speedup_vs"].get(BM3D, {}).get("512")
+        once = " (1 run)" if name == BM3D else ""
         lines.append(f"| {name}{once} | {_fmt(e['psnr'], '.2f')} | {_fmt(e['ssim'], '.4f')} | "
                      f"{_fmt_s(e['seconds_256'])} | {_fmt_s(e['seconds_512'])} | "
-                     f"{_fmt(ratio, '.2f')} |")
+                     f"{_fmt(ratio, '.2f')} | {_fmt(vs_bm3d, '.1f')} |")
     pairs = [(d, p) for d, p in DROPIN_PEER.items() if d in summary and p in summary]
     if pairs:
         lines += ["", "nlattn drop-in vs scikit-image, same arguments:", "",
@@ -313,6 +454,10 @@ def run_set12(methods, runner, images, chosen, sigmas, log) -> tuple[list[dict],
                 rec = {"sigma": sigma, "image": name, "size": int(clean.shape[0]),
                        "method": method.name, "psnr": psnr(clean, out), "ssim": ssim(clean, out),
                        "seconds": seconds, "runs": 1 if method.once else runner.repeats}
+                if method.name == NLM2_AUTO:
+                    import nlattn
+
+                    rec["sigma_estimate"] = float(nlattn.estimate_sigma(noisy))
                 sigma_records.append(rec)
                 log(f"sigma {sigma:g} image {name} {method.name:22s} PSNR {rec['psnr']:.2f} "
                     f"SSIM {rec['ssim']:.4f} {seconds:.3f} s")
@@ -334,7 +479,7 @@ def run_2048(methods, runner, images, chosen, repeats, log) -> dict:
     source = names[0]
     clean = np.tile(images[source], (4, 4))
     noisy = add_noise(clean, SIGMA_2048, seed=list(images).index(source))
-    wanted = ["nlattn nlm (default)", "nlattn nlm pixel 7/21", "nlattn nlm patch 7/21", OPENCV,
+    wanted = [NLM2, NLM1, "nlattn nlm pixel 7/21", "nlattn nlm patch 7/21", OPENCV,
               "nlattn drop-in 7/11", SKIMAGE_711]
     rows, outputs = {}, {}
     for method in [m for m in methods if m.name in wanted]:
@@ -384,6 +529,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image (median)")
     parser.add_argument("--threads", type=int, default=2, help="Numba and OpenCV threads")
     parser.add_argument("--no-bm3d", action="store_true", help="skip BM3D")
+    parser.add_argument("--no-colour", action="store_true",
+                        help="skip the colour images (astronaut, coffee)")
     parser.add_argument("--sizes-2048", action="store_true",
                         help="also time a 2048x2048 image (speed only)")
     parser.add_argument("--fresh-jit-cache", action="store_true",
@@ -431,10 +578,18 @@ def main() -> None:
     for method in methods:  # warm-ups first, so first-call times are not mixed with the runs
         runner.warm(method, 25.0)
     records, summaries = run_set12(methods, runner, images, chosen, sigmas, log)
+    colour_records, colour_summaries = [], {}
+    if not args.no_colour:
+        colour_methods = build_colour_methods(args.threads, not args.no_bm3d, notes)
+        colour_runner = Runner(args.repeats, np.ascontiguousarray(
+            add_noise(colour_images()["astronaut"][:64, :64], 25.0, seed=200)))
+        for method in colour_methods:
+            colour_runner.warm(method, 25.0)
+        colour_records, colour_summaries = run_colour(colour_methods, colour_runner, sigmas, log)
     section_2048 = run_2048(methods, runner, images, chosen, args.repeats, log) \
         if args.sizes_2048 else None
 
-    from nlattn.denoise.presets import nlm_preset
+    from nlattn.denoise.presets import nlm2_preset, nlm_preset
 
     threads = {"numba": numba.get_num_threads(), "nlattn n_threads": args.threads,
                "skimage": "1 (single-threaded Cython)", "bm3d": "libbm4d's own (not settable)"}
@@ -456,13 +611,17 @@ def main() -> None:
         "first_call_seconds_64x64": first_call,
         "methods": {m.name: {"call": m.params,
                              "runs_per_image": 1 if m.once else args.repeats} for m in methods},
-        "nlattn_default_presets": {
+        "nlattn_nlm_presets": {
             f"{s:g}": dict(zip(("patch_radius", "search_radius", "h_over_sigma"),
                                nlm_preset(s, 1), strict=True))
             for s in sigmas + ([SIGMA_2048] if args.sizes_2048 else [])},
+        "nlattn_nlm2_presets": {f"{s:g}": nlm2_preset(s, 1)._asdict() for s in sigmas},
+        "nlattn_nlm2_colour_presets": {f"{s:g}": nlm2_preset(s, 3)._asdict() for s in sigmas},
         "notes": notes,
         "summary": summaries,
         "per_image": records,
+        "colour_summary": colour_summaries,
+        "colour_per_image": colour_records,
     }
     if section_2048 is not None:
         payload["size_2048"] = section_2048
@@ -477,6 +636,12 @@ def main() -> None:
     for sigma in sigmas:
         print()
         print(markdown_table(sigma, summaries[f"{sigma:g}"]))
+    if sigma_table(records):
+        print()
+        print(sigma_table(records))
+    if colour_summaries:
+        print()
+        print(colour_table(colour_summaries))
     if section_2048 is not None:
         print()
         print(table_2048(section_2048))

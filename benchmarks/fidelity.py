@@ -15,7 +15,8 @@ method gains from reproducing a constant.
 
 Budgets: every method gets the same number of non-zeros plus random features per row, ``B``:
 
-- ``local``: the (2r+1)^2 <= B window;  ``scram``: k = B // 9 matches with 3 x 3 windows;
+- ``local``: the (2r+1)^2 <= B window;  ``scram``: k <= 32 matches with (2r+1)^2 windows,
+  k (2r+1)^2 <= B (3 x 3 windows up to B = 288);
 - ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
 - ``scatterbrain``: half and half: a (2r+1)^2 <= B / 2 local window (or LSH buckets, or the
   PatchMatch support) plus B / 2 features;
@@ -23,8 +24,9 @@ Budgets: every method gets the same number of non-zeros plus random features per
 
 Metrics against ``exact`` (the blocked kernel): relative output error ||O' - O|| / ||O||, mean
 row total variation and KL(exact || method) over 64 sampled query pixels, and time (median of
-``--repeats``).  Prints a table, writes ``results/<out>`` and, with ``--plot``, a figure of
-error against budget, one panel per temperature.
+``--repeats``); the randomised methods are averaged over ``--seeds`` seeds.  Prints a table,
+writes ``results/<out>`` and, with ``--plot``, a figure of error against budget, one panel per
+temperature.
 """
 
 from __future__ import annotations
@@ -61,12 +63,20 @@ def window_radius_for(budget: int) -> int:
     return max(0, (math.isqrt(budget) - 1) // 2)
 
 
+def matches_for(budget: int) -> dict:
+    """PatchMatch support within ``budget``: k matches with (2r+1)^2 windows, k <= 32."""
+    radius = 1
+    while budget // (2 * radius + 1) ** 2 > 32:
+        radius += 1
+    return {"k": max(1, budget // (2 * radius + 1) ** 2), "window_radius": radius}
+
+
 def configurations(budget: int) -> list[tuple[str, str, dict]]:
     """(label, method, parameters) of each budgeted method at ``budget`` per row."""
     half = budget // 2
     return [
         ("local", "local", {"window_radius": window_radius_for(budget)}),
-        ("scram", "scram", {"k": max(1, budget // 9), "window_radius": 1}),
+        ("scram", "scram", matches_for(budget)),
         ("lsh", "lsh", {"n_hashes": 2, "bucket_size": max(1, half)}),
         ("performer", "performer", {"n_features": budget}),
         ("scatterbrain", "scatterbrain",
@@ -74,25 +84,36 @@ def configurations(budget: int) -> list[tuple[str, str, dict]]:
         ("scatterbrain-lsh", "scatterbrain",
          {"support": "lsh", "n_hashes": 1, "bucket_size": half, "n_features": half}),
         ("scatterbrain-pm", "scatterbrain",
-         {"support": "patchmatch", "k": max(1, half // 9), "window_radius": 1,
-          "n_features": half}),
+         {"support": "patchmatch", **matches_for(half), "n_features": half}),
     ]
 
 
 FIXED = [("fast", "fast", {"p": 2}), ("efficient", "efficient", {})]
 
 
-def measure(q, values, positions, beta, method, params, exact, exact_rows, repeats) -> dict:
-    def run():
-        return nlattn.attention(q, q, values, method, scale=beta, **params)
+RANDOMISED = ("lsh", "performer", "scatterbrain")
 
-    seconds, out = median_time(run, repeats)
-    rows = nlattn.attention_rows(q, q, positions, method, scale=beta, **params)
+
+def measure(q, values, positions, beta, method, params, exact, exact_rows, repeats,
+            n_seeds) -> dict:
+    """Errors averaged over ``n_seeds`` seeds (randomised methods; 1 for the others)."""
+    errors, tvs, kls, times = [], [], [], []
+    for seed in range(n_seeds if method in RANDOMISED else 1):
+        def run(seed=seed):
+            return nlattn.attention(q, q, values, method, scale=beta, seed=seed, **params)
+
+        seconds, out = median_time(run, repeats)
+        rows = nlattn.attention_rows(q, q, positions, method, scale=beta, seed=seed, **params)
+        errors.append(relative_error(out, exact))
+        tvs.append(float(np.mean(row_total_variation(rows, exact_rows))))
+        kls.append(float(np.mean(row_kl(exact_rows, rows))))
+        times.append(seconds)
     return {
-        "relative_error": relative_error(out, exact),
-        "row_tv": float(np.mean(row_total_variation(rows, exact_rows))),
-        "row_kl": float(np.mean(row_kl(exact_rows, rows))),
-        "seconds": seconds,
+        "relative_error": float(np.mean(errors)),
+        "relative_error_seeds": errors,
+        "row_tv": float(np.mean(tvs)),
+        "row_kl": float(np.mean(kls)),
+        "seconds": float(np.median(times)),
     }
 
 
@@ -105,6 +126,9 @@ def main() -> None:
     parser.add_argument("--methods", default=None,
                         help="labels to run (default: all), e.g. local,performer,scatterbrain")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds averaged for the randomised methods (lsh, performer, "
+                             "scatterbrain)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--out", default="fidelity.json")
@@ -142,7 +166,7 @@ def main() -> None:
                         continue
                     try:
                         row = measure(q, values, positions, beta, method, params, exact,
-                                      exact_rows, args.repeats)
+                                      exact_rows, args.repeats, args.seeds)
                     except (ImportError, ValueError, TypeError) as exc:
                         print(f"{label}: skipped ({exc})")
                         continue

@@ -88,7 +88,7 @@ def section_equality(sigma: float, threads: int) -> dict:
     image8 = synthetic(2048, sigma, seed=1)
     image32 = image8.astype(np.float32) + np.float32(0.25)
     for label, image in (("uint8", image8), ("float32", image32)):
-        expected = nlattn.nl_means(image, sigma=sigma, n_threads=threads)
+        expected = nlattn.nl_means(image, "nlm", sigma=sigma, n_threads=threads)
         for budget in (64 << 20, 8 << 20):
             start = time.perf_counter()
             got = tiling.nl_means_tiled(image, sigma=sigma, max_memory=budget, n_threads=threads)
@@ -137,12 +137,12 @@ def _reference(image: np.ndarray, sigma: float, threads: int, repeats: int) -> d
     """Untiled ``nl_means`` on a 1024^2 image: median wall and CPU seconds of ``repeats``."""
     import nlattn
 
-    nlattn.nl_means(image, sigma=sigma, n_threads=threads)
+    nlattn.nl_means(image, "nlm", sigma=sigma, n_threads=threads)
     walls, cpus = [], []
     for _ in range(repeats):
         cpu = _cpu()
         start = time.perf_counter()
-        nlattn.nl_means(image, sigma=sigma, n_threads=threads)
+        nlattn.nl_means(image, "nlm", sigma=sigma, n_threads=threads)
         walls.append(time.perf_counter() - start)
         cpus.append(_cpu() - cpu)
     return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus)}
@@ -247,7 +247,7 @@ def section_huge(args) -> dict:
         with np.load(crops_path) as crops:
             for i in range(3):
                 y0, x0, r0, r1, c0, c1 = (int(v) for v in crops[f"where{i}"])
-                reference = nlattn.nl_means(crops[f"input{i}"], sigma=args.sigma,
+                reference = nlattn.nl_means(crops[f"input{i}"], "nlm", sigma=args.sigma,
                                             n_threads=args.threads)
                 reference = reference[y0 - r0 : y0 - r0 + CROP, x0 - c0 : x0 - c0 + CROP]
                 equal = bool(np.array_equal(reference, crops[f"output{i}"]))

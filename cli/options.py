@@ -106,7 +106,7 @@ def method_option(func):
     return click.option(
         "--method",
         type=click.Choice(DENOISE_METHOD_NAMES),
-        default="nlm",
+        default="nlm2",
         show_default=True,
         help="Denoising method (see `nlattn methods` for those available).",
     )(func)

@@ -29,8 +29,8 @@ Noise level
 -----------
 With ``sigma=None`` the noise is estimated once for the whole image by
 :func:`nlattn.estimate_sigma` (per-tile estimates would give every tile its own filter
-strength), so the result equals ``nl_means(image)``; only when even the estimate does not fit in
-the budget is it taken as the median over crops spread over the image
+strength), so the result equals ``nl_means(image, "nlm")``; only when even the estimate does
+not fit in the budget is it taken as the median over crops spread over the image
 (:func:`estimate_sigma_bounded`).
 """
 

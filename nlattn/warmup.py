@@ -33,8 +33,17 @@ def warmup() -> dict[str, float]:
     start = time.perf_counter()
     for aggregation in ("patch", "pixel"):
         for image in (grey, colour):
-            nl_means(image, sigma=0.1, patch_radius=1, search_radius=2, aggregation=aggregation)
+            nl_means(image, "nlm", sigma=0.1, patch_radius=1, search_radius=2,
+                     aggregation=aggregation)
     timings["nlm (windowed)"] = time.perf_counter() - start
+
+    from nlattn.denoise import estimate_sigma
+
+    start = time.perf_counter()
+    for image in (grey, colour):
+        nl_means(image, "nlm2", sigma=0.1)
+    estimate_sigma(rng.random((32, 32)).astype(np.float32))
+    timings["nlm2 (two-stage) and noise estimation"] = time.perf_counter() - start
 
     start = time.perf_counter()
     for image in (grey, colour):

@@ -557,3 +557,202 @@ def scatterbrain_weights(queries, keys, scale, supports, estimates):
         ids = sorted(ids)
         w[i, ids] = np.exp(s[i, ids] - top[i, 0])
     return w
+
+
+# -------------------------------------------------------- two-stage nlm2
+# Brute-force NumPy twins of the two-stage denoiser (``method="nlm2"``) and of the noise
+# estimator, written from their definitions (the module notes of nlattn/denoise/nlm2.py and
+# nlattn/denoise/noise.py), one reference block and one patch at a time, in float64.
+#
+# Imports nothing from nlattn.
+
+def dct_matrix(n):
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+def haar_matrix(n):
+    """Orthonormal Haar matrix (n a power of two) by its rows: the constant, then the
+    differences of the two halves of each dyadic interval, coarse to fine."""
+    rows = [np.full(n, 1.0 / np.sqrt(n))]
+    size = n
+    while size > 1:
+        for start in range(0, n, size):
+            row = np.zeros(n)
+            row[start : start + size // 2] = 1.0
+            row[start + size // 2 : start + size] = -1.0
+            rows.append(row / np.sqrt(size))
+        size //= 2
+    # coarse rows first: the Haar order groups rows by scale, largest first
+    return np.array(rows)
+
+
+def zigzag_order(block):
+    """Coefficient indices ``a * block + b`` sorted by ``(a + b, a)``."""
+    return sorted(range(block * block), key=lambda e: (e // block + e % block, e // block))
+
+
+def positions(length, block, step):
+    out = list(range(0, length - block + 1, step))
+    if out[-1] != length - block:
+        out.append(length - block)
+    return out
+
+
+def collaborative(noisy, pilot, sigmas, block, step, search_radius, k, n_coefs, tau, beta):
+    """Stage 2 on planar ``(C, H, W)`` arrays by its definition; returns float64 ``(C, H, W)``."""
+    u = np.asarray(noisy, np.float64)
+    g = np.asarray(pilot, np.float64)
+    n_ch, height, width = u.shape
+    p = min(block, height, width)
+    step = min(step, p)
+    n_coefs = min(n_coefs, p * p)
+    d = dct_matrix(p)
+    order = zigzag_order(p)
+    window = np.kaiser(p, beta) if p > 1 else np.ones(1)
+    kaiser = np.outer(window, window)
+    sigma2 = np.asarray(sigmas, np.float64) ** 2
+
+    def dct2(x):
+        return d @ x @ d.T
+
+    def low(y, x):
+        return dct2(g[0, y : y + p, x : x + p]).ravel()[order][:n_coefs]
+
+    num = np.zeros(u.shape)
+    den = np.zeros(u.shape)
+    for y in positions(height, p, step):
+        for x in positions(width, p, step):
+            ref = low(y, x)
+            candidates = []
+            for yy in range(max(0, y - search_radius), min(height - p, y + search_radius) + 1):
+                for xx in range(max(0, x - search_radius),
+                                min(width - p, x + search_radius) + 1):
+                    if (yy, xx) == (y, x):
+                        continue
+                    dist = float(np.sum((ref - low(yy, xx)) ** 2))
+                    if dist <= tau * p * p:
+                        candidates.append((dist, len(candidates), yy, xx))
+            candidates.sort()  # by distance, then raster order
+            group = [(y, x)] + [(yy, xx) for _, _, yy, xx in candidates[: k - 1]]
+            m = 1
+            while 2 * m <= len(group):
+                m *= 2
+            group = group[:m]
+            h = haar_matrix(m)
+            for c in range(n_ch):
+                zn = np.tensordot(h, np.array([dct2(u[c, a : a + p, b : b + p])
+                                               for a, b in group]), axes=1)
+                zp = np.tensordot(h, np.array([dct2(g[c, a : a + p, b : b + p])
+                                               for a, b in group]), axes=1)
+                gain = zp**2 / (zp**2 + sigma2[c])
+                gain[0, 0, 0] = 1.0  # the group's mean is kept
+                weight = 1.0 / (sigma2[c] * np.sum(gain**2))
+                est = np.tensordot(h.T, zn * gain, axes=1)
+                for (a, b), e in zip(group, est, strict=True):
+                    num[c, a : a + p, b : b + p] += weight * kaiser * (d.T @ e @ d)
+                    den[c, a : a + p, b : b + p] += weight * kaiser
+    return num / den
+
+
+def channel_transform(n):
+    return dct_matrix(n)
+
+
+def nlm2(image, sigma, pilot_patch_radius, pilot_search_radius, pilot_h, block, step,
+         search_radius, k, n_coefs, tau, beta):
+    """Both stages on an ``(H, W)`` or ``(H, W, C)`` image (sigma the same in every channel);
+    float64 of the image's shape."""
+    u = np.asarray(image, np.float64)
+    planar = u[None] if u.ndim == 2 else np.moveaxis(u, -1, 0)
+    n_ch = planar.shape[0]
+    t = channel_transform(n_ch)
+    work = np.tensordot(t, planar, axes=1)
+    pilot = nlm(np.moveaxis(work, 0, -1), pilot_patch_radius, pilot_search_radius, pilot_h,
+                      sigma, "patch")
+    pilot = np.moveaxis(pilot, -1, 0)
+    out = collaborative(work, pilot, np.full(n_ch, sigma), block, step, search_radius, k, n_coefs,
+                        tau, beta)
+    out = np.tensordot(t.T, out, axes=1)
+    return out[0] if u.ndim == 2 else np.moveaxis(out, 0, -1)
+
+
+# ------------------------------------------------------------------------------------------
+# noise estimation
+
+
+def kept_sums(channel, patch, stride, threshold, lo, hi, use_clear):
+    """Scatter matrix, sum and number of the grid patches kept (gradient energy below
+    ``threshold`` but not 0, and no pixel <= lo or >= hi when ``use_clear``), patch by patch."""
+    c = np.asarray(channel, np.float64)
+    offset = c.mean()
+    n = patch * patch
+    scatter = np.zeros((n, n))
+    total = np.zeros(n)
+    count = 0
+    for y in range(0, c.shape[0] - patch + 1, stride):
+        for x in range(0, c.shape[1] - patch + 1, stride):
+            block = c[y : y + patch, x : x + patch]
+            energy = np.sum(np.diff(block, axis=1) ** 2) + np.sum(np.diff(block, axis=0) ** 2)
+            clear = bool(np.all((block > lo) & (block < hi)))
+            if energy >= threshold or energy == 0.0 or (use_clear and not clear):
+                continue
+            v = block.ravel() - offset
+            scatter += np.outer(v, v)
+            total += v
+            count += 1
+    return scatter, total, count
+
+
+def noise_variance(scatter, total, count):
+    mean = total / count
+    eig = np.sort(np.linalg.eigvalsh(scatter / count - np.outer(mean, mean)))[::-1]
+    eig = np.maximum(eig, 0.0)
+    if eig[0] <= 0.0:
+        return 0.0
+    for i in range(eig.size):
+        tail = eig[i:]
+        tau = tail.mean()
+        if np.sum(tail > tau) >= np.sum(tail < tau):
+            return tau
+    return eig[-1]
+
+
+def immerkaer(channel):
+    c = np.asarray(channel, np.float64)
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+    r = [np.sum(c[y : y + 3, x : x + 3] * mask) for y in range(c.shape[0] - 2)
+         for x in range(c.shape[1] - 2)]
+    return float(np.median(np.abs(r)) / 0.6744897501960817 / 6.0)
+
+
+def channel_sigma(channel, patch, stride, quantile, bias, min_patches, rounds=10, tol=1e-3):
+    """The estimator of nlattn/denoise/noise.py, by its definition."""
+    c = np.asarray(channel, np.float32).astype(np.float64)
+    n_grid = ((c.shape[0] - patch) // stride + 1) * ((c.shape[1] - patch) // stride + 1)
+    if c.shape[0] < patch or c.shape[1] < patch or n_grid < min_patches:
+        return immerkaer(channel)
+    lo, hi = c.min(), c.max()
+    if lo == hi:
+        return 0.0
+    use_clear = True
+    sums = kept_sums(c, patch, stride, np.inf, lo, hi, True)
+    if sums[2] < min_patches:
+        use_clear = False
+        sums = kept_sums(c, patch, stride, np.inf, lo, hi, False)
+    variance = noise_variance(*sums) if sums[2] >= min_patches else 0.0
+    for _ in range(rounds):
+        if variance <= 0.0:
+            return 0.0
+        sums = kept_sums(c, patch, stride, quantile * variance, lo, hi, use_clear)
+        if sums[2] < min_patches:
+            return immerkaer(channel)
+        new = noise_variance(*sums) / bias
+        done = new <= 0.0 or abs(np.sqrt(new / variance) - 1.0) < tol
+        variance = new
+        if done:
+            break
+    return float(np.sqrt(max(variance, 0.0)))

@@ -291,7 +291,7 @@ def test_json_records(tmp_path):
     assert all(set(r) == RECORD_FIELDS for r in recs)
     by_name = {os.path.basename(r["input"]): r for r in recs}
     ok = by_name["a.png"]
-    assert ok["status"] == "ok" and ok["error"] is None and ok["method"] == "nlm"
+    assert ok["status"] == "ok" and ok["error"] is None and ok["method"] == "nlm2"
     assert ok["output"] == str(tmp_path / "out" / "a_denoised.png")
     assert ok["parameters"] == {
         "sigma": None, "h": 6.0, "patch_radius": 1, "search_radius": 2, "k": None,
@@ -452,7 +452,7 @@ def test_verbose_and_quiet(tmp_path):
         (["--patch-radius", "1000"], "--patch-radius"),
         (["--search-radius", "-3"], "--search-radius"),
         (["-k", "0"], "-k"),
-        (["-k", "4"], "-k"),  # windowed NLM takes no k: the library says so
+        (["--method", "nlm", "-k", "4"], "-k"),  # windowed NLM takes no k: the library says so
         (["--method", "nope"], "--method"),
         (["--aggregation", "tile"], "--aggregation"),
         (["--seed", "-1"], "--seed"),
@@ -497,7 +497,7 @@ def test_unknown_method_is_a_usage_error(tmp_path):
 
 def test_library_parameter_error_is_one_line(tmp_path):
     src = save(tmp_path / "a.png")
-    result = run("denoise", src, "-k", "4")
+    result = run("denoise", src, "--method", "nlm", "-k", "4")
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         "Error: -k is not a parameter of method 'nlm'; leave it None"
@@ -562,7 +562,8 @@ def test_max_memory_denoises_in_tiles_with_the_same_result(tmp_path, monkeypatch
 
     monkeypatch.setattr(nlattn.tiling, "run_tiles", counting)
     save(tmp_path / "in" / "wide.png", noisy_image(3, shape=(64, 200)))
-    args = ["denoise", tmp_path / "in", "--patch-radius", "1", "--search-radius", "3"]
+    args = ["denoise", tmp_path / "in", "--method", "nlm", "--patch-radius", "1",
+            "--search-radius", "3"]
     args += ["--sigma", "12"]
     whole = run(*args, "-o", tmp_path / "whole", "--json")
     tiled = run(*args, "-o", tmp_path / "tiled", "--max-memory", "128K", "--json")

@@ -35,7 +35,7 @@ def _rng(seed=0):
 )
 def test_matches_naive(shape, patch_radius, search_radius, sigma, aggregation):
     image = _rng(1).random(shape).astype(np.float32)
-    out = nlattn.nl_means(image, sigma=sigma, h=0.3, patch_radius=patch_radius,
+    out = nlattn.nl_means(image, "nlm", sigma=sigma, h=0.3, patch_radius=patch_radius,
                           search_radius=search_radius, aggregation=aggregation)
     ref = naive.nlm(image, patch_radius, search_radius, 0.3, sigma, aggregation)
     assert out.shape == image.shape and out.dtype == image.dtype
@@ -56,7 +56,7 @@ def test_matches_naive_random_shapes(height, width, channels, patch_radius, sear
                                      aggregation, seed):
     shape = (height, width) if channels == 0 else (height, width, channels)
     image = _rng(seed).random(shape).astype(np.float32)
-    out = nlattn.nl_means(image, sigma=0.05, h=0.25, patch_radius=patch_radius,
+    out = nlattn.nl_means(image, "nlm", sigma=0.05, h=0.25, patch_radius=patch_radius,
                           search_radius=search_radius, aggregation=aggregation)
     ref = naive.nlm(image, patch_radius, search_radius, 0.25, 0.05, aggregation)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-6)
@@ -65,7 +65,7 @@ def test_matches_naive_random_shapes(height, width, channels, patch_radius, sear
 def test_constant_image_is_unchanged():
     image = np.full((20, 17), 0.375, np.float32)
     for aggregation in ("patch", "pixel"):
-        out = nlattn.nl_means(image, sigma=0.1, aggregation=aggregation)
+        out = nlattn.nl_means(image, "nlm", sigma=0.1, aggregation=aggregation)
         np.testing.assert_allclose(out, image, rtol=1e-6)
 
 
@@ -75,8 +75,8 @@ def test_same_result_at_one_and_two_threads(aggregation):
         pytest.skip("needs 2 Numba threads")
     image = _rng(2).random((150, 41, 3)).astype(np.float32)
     kwargs = dict(sigma=0.1, patch_radius=2, search_radius=4, aggregation=aggregation)
-    one = nlattn.nl_means(image, n_threads=1, **kwargs)
-    two = nlattn.nl_means(image, n_threads=2, **kwargs)
+    one = nlattn.nl_means(image, "nlm", n_threads=1, **kwargs)
+    two = nlattn.nl_means(image, "nlm", n_threads=2, **kwargs)
     np.testing.assert_array_equal(one, two)
 
 
@@ -94,22 +94,22 @@ def _test_scene(size=96):
 def test_denoising_raises_psnr(aggregation):
     clean = _test_scene()
     noisy = clean + _rng(3).normal(0, 20, clean.shape).astype(np.float32)
-    out = nlattn.nl_means(noisy, sigma=20, aggregation=aggregation)
+    out = nlattn.nl_means(noisy, "nlm", sigma=20, aggregation=aggregation)
     assert _psnr(clean, out) > _psnr(clean, noisy) + 6
 
 
 def test_patchwise_beats_pixelwise():
     clean = _test_scene()
     noisy = clean + _rng(4).normal(0, 25, clean.shape).astype(np.float32)
-    patch = nlattn.nl_means(noisy, sigma=25, aggregation="patch")
-    pixel = nlattn.nl_means(noisy, sigma=25, aggregation="pixel")
+    patch = nlattn.nl_means(noisy, "nlm", sigma=25, aggregation="patch")
+    pixel = nlattn.nl_means(noisy, "nlm", sigma=25, aggregation="pixel")
     assert _psnr(clean, patch) > _psnr(clean, pixel)
 
 
 @pytest.mark.parametrize("aggregation", ["patch", "pixel"])
 def test_tiny_h_returns_the_input(aggregation):
     image = _rng(5).random((16, 19)).astype(np.float32)
-    out = nlattn.nl_means(image, sigma=0.0, h=1e-6, aggregation=aggregation)
+    out = nlattn.nl_means(image, "nlm", sigma=0.0, h=1e-6, aggregation=aggregation)
     np.testing.assert_array_equal(out, image)
 
 
@@ -117,13 +117,13 @@ def test_dtypes_are_kept():
     clean = _test_scene(40)
     noisy = clean + _rng(6).normal(0, 15, clean.shape)
     as_u8 = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    out8 = nlattn.nl_means(as_u8, sigma=15)
+    out8 = nlattn.nl_means(as_u8, "nlm", sigma=15)
     assert out8.dtype == np.uint8 and _psnr(clean, out8) > _psnr(clean, as_u8)
     as_u16 = (as_u8.astype(np.uint16) * 257)
-    out16 = nlattn.nl_means(as_u16, sigma=15 * 257)
+    out16 = nlattn.nl_means(as_u16, "nlm", sigma=15 * 257)
     assert out16.dtype == np.uint16
     np.testing.assert_allclose(out16 / 257.0, out8, atol=1.01)
-    out64 = nlattn.nl_means(noisy.astype(np.float64), sigma=15)
+    out64 = nlattn.nl_means(noisy.astype(np.float64), "nlm", sigma=15)
     assert out64.dtype == np.float64
 
 
@@ -131,12 +131,13 @@ def test_sigma_none_is_estimated():
     clean = _test_scene(64)
     noisy = clean + _rng(7).normal(0, 20, clean.shape).astype(np.float32)
     sigma = nlattn.estimate_sigma(noisy)
-    np.testing.assert_array_equal(nlattn.nl_means(noisy), nlattn.nl_means(noisy, sigma=sigma))
+    np.testing.assert_array_equal(nlattn.nl_means(noisy, "nlm"),
+                                  nlattn.nl_means(noisy, "nlm", sigma=sigma))
 
 
 def test_zero_sigma_without_h_returns_a_copy():
     image = _rng(8).random((10, 10)).astype(np.float32)
-    out = nlattn.nl_means(image, sigma=0.0)
+    out = nlattn.nl_means(image, "nlm", sigma=0.0)
     np.testing.assert_array_equal(out, image)
     assert out is not image
 
@@ -160,7 +161,7 @@ def test_zero_sigma_without_h_returns_a_copy():
 )
 def test_invalid_arguments_raise(kwargs, error, match):
     image = np.zeros((8, 8), np.float32)
-    kwargs = {"sigma": 0.1, **kwargs}
+    kwargs = {"sigma": 0.1, "method": "nlm", **kwargs}
     with pytest.raises(error, match=match):
         nlattn.nl_means(image, **kwargs)
 
@@ -177,7 +178,7 @@ def test_invalid_arguments_raise(kwargs, error, match):
 )
 def test_invalid_images_raise(image, error):
     with pytest.raises(error):
-        nlattn.nl_means(image, sigma=1.0)
+        nlattn.nl_means(image, "nlm", sigma=1.0)
 
 
 @pytest.mark.parametrize("sigma", [5.0, 15.0, 40.0])

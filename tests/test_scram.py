@@ -91,7 +91,7 @@ def test_nl_means_scram_is_deterministic_and_denoises():
     np.testing.assert_array_equal(a, b)
     mse = lambda x: np.mean((x - clean) ** 2)  # noqa: E731
     assert mse(a) < mse(noisy) / 4
-    assert mse(a) <= mse(nlattn.nl_means(noisy, sigma=20)) * 1.02
+    assert mse(a) <= mse(nlattn.nl_means(noisy, "nlm", sigma=20)) * 1.02
 
 
 def test_nl_means_scram_equals_windowed_nlm_plus_its_matches():

@@ -43,7 +43,7 @@ def test_tiled_equals_untiled(shape, dtype, aggregation, f, s, max_memory):
     plan = tiling.plan_tiles(shape, image.dtype.itemsize, f, s, aggregation, max_memory, 1)
     assert len(plan) > 2
     kwargs = dict(sigma=20.0, h=12.0, patch_radius=f, search_radius=s, aggregation=aggregation)
-    expected = nlattn.nl_means(image, **kwargs)
+    expected = nlattn.nl_means(image, "nlm", **kwargs)
     got = tiling.nl_means_tiled(image, max_memory=max_memory, **kwargs)
     assert got.dtype == image.dtype and got.shape == image.shape
     assert np.array_equal(got, expected)
@@ -65,17 +65,17 @@ def test_tiled_equals_untiled_tall_image(aggregation, max_memory):
     plan = tiling.plan_tiles(image.shape, 4, 1, 2, aggregation, max_memory, 1)
     assert len({tile.out_rows for tile in plan}) > 2
     got = tiling.nl_means_tiled(image, max_memory=max_memory, **kwargs)
-    assert np.array_equal(got, nlattn.nl_means(image, **kwargs))
+    assert np.array_equal(got, nlattn.nl_means(image, "nlm", **kwargs))
 
 
 def test_defaults_and_sigma_estimated_once():
     # sigma=None: one estimate for the whole image (streamed here), then the preset
     image = _image((120, 90), np.float32, seed=1)
     got = tiling.nl_means_tiled(image, max_memory=400_000)
-    assert np.array_equal(got, nlattn.nl_means(image))
+    assert np.array_equal(got, nlattn.nl_means(image, "nlm"))
     colour = _image((70, 50, 3), np.uint8, seed=2)
     got = tiling.nl_means_tiled(colour, max_memory=400_000, aggregation="pixel")
-    assert np.array_equal(got, nlattn.nl_means(colour, aggregation="pixel"))
+    assert np.array_equal(got, nlattn.nl_means(colour, "nlm", aggregation="pixel"))
 
 
 def test_thread_counts_agree():
@@ -94,7 +94,7 @@ def test_out_memmap(tmp_path):
     result = tiling.nl_means_tiled(image, max_memory=300_000, sigma=20.0, out=out)
     assert result is out
     out.flush()
-    assert np.array_equal(np.load(tmp_path / "out.npy"), nlattn.nl_means(image, sigma=20.0))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), nlattn.nl_means(image, "nlm", sigma=20.0))
 
 
 def test_sigma_zero_returns_the_image():
