@@ -64,6 +64,7 @@ from numba import prange
 from nlattn._fastexp import exp_neg
 from nlattn._jit import jit
 from nlattn._validate import check_choice, check_int
+from nlattn.attention._blas1 import sum_chunks, vector_dot, vector_sum
 
 #: Defaults of the method's parameters.
 DEFAULTS = {"variant": "softmax", "heads": 1}
@@ -114,22 +115,8 @@ def _key_block(k, j0, j1, kmax, scale, softmax, out):
                 oa[t] = exp_neg(np.float32(scale * (ma - oa[t])))
 
 
-@jit
-def _dot(x, y, m):
-    """``x[:m] . y[:m]``."""
-    total = 0.0
-    for t in range(m):
-        total += x[t] * y[t]
-    return total
 
 
-@jit
-def _sum(x, m):
-    """``x[0] + ... + x[m - 1]``."""
-    total = 0.0
-    for t in range(m):
-        total += x[t]
-    return total
 
 
 @jit(parallel=True)
@@ -162,16 +149,10 @@ def _contexts(k, v, kmax, scale, softmax, chunk, partial):
                 ka = kc[a]
                 acc_a = acc[a]
                 for e in range(dv):
-                    acc_a[e] += _dot(ka, vc[e], m)
-                acc_a[dv] += _sum(ka, m)
+                    acc_a[e] += vector_dot(ka, vc[e], m)
+                acc_a[dv] += vector_sum(ka, m)
 
 
-@jit
-def _sum_chunks(partial, out):
-    """``out = sum over c of partial[c]`` in item order."""
-    out[:] = 0.0
-    for c in range(partial.shape[0]):
-        out += partial[c]
 
 
 @jit
@@ -322,7 +303,7 @@ def _context(k: np.ndarray, v: np.ndarray, kmax: np.ndarray, scale: float,
     partial = np.empty((n_items, d, v.shape[1] + 1))
     _contexts(k, v, kmax, scale, softmax, KEY_CHUNK, partial)
     context = np.empty(partial.shape[1:])
-    _sum_chunks(partial, context)
+    sum_chunks(partial, context)
     return context
 
 

@@ -85,6 +85,7 @@ from numba import prange
 
 from nlattn._jit import jit
 from nlattn._validate import check_choice, check_int
+from nlattn.attention._blas1 import sum_chunks, vector_dot, vector_sum
 
 #: Defaults of the method's parameters.
 DEFAULTS = {"p": 2, "normalization": "unit"}
@@ -188,22 +189,8 @@ def _transpose_block(x, i0, i1, out):
             out[a, t] = row[a]
 
 
-@jit
-def _sum(x, m):
-    """``x[0] + ... + x[m - 1]``."""
-    total = 0.0
-    for t in range(m):
-        total += x[t]
-    return total
 
 
-@jit
-def _dot(x, y, m):
-    """``x[:m] . y[:m]``."""
-    total = 0.0
-    for t in range(m):
-        total += x[t] * y[t]
-    return total
 
 
 @jit
@@ -260,11 +247,11 @@ def _chunk_moments(kc, vc, m, p, w, acc):
     for e in range(vc.shape[0]):
         ve = vc[e]
         ae = acc[e]
-        ae[0] += _sum(ve, m)
+        ae[0] += vector_sum(ve, m)
         t = 1 + d
         for a in range(d):
             _product(kc[a], ve, w, m)
-            ae[1 + a] += _sum(w, m)
+            ae[1 + a] += vector_sum(w, m)
             if p == 2:
                 b = a
                 while b + 4 <= d:
@@ -276,7 +263,7 @@ def _chunk_moments(kc, vc, m, p, w, acc):
                     t += 4
                     b += 4
                 while b < d:
-                    ae[t] += _dot(w, kc[b], m)
+                    ae[t] += vector_dot(w, kc[b], m)
                     t += 1
                     b += 1
 
@@ -308,12 +295,6 @@ def _moments(k, v, p, chunk, partial):
             _chunk_moments(kc, vc, j1 - j0, p, w, acc)
 
 
-@jit
-def _sum_chunks(partial, out):
-    """``out = sum over c of partial[c]`` in chunk order."""
-    out[:] = 0.0
-    for c in range(partial.shape[0]):
-        out += partial[c]
 
 
 @jit
@@ -454,7 +435,7 @@ def key_moments(keys: np.ndarray, values: np.ndarray, p: int) -> np.ndarray:
     partial = np.empty((n_items, dv + 1, n_features(d, p)))
     _moments(keys, values, p, MOMENT_CHUNK, partial)
     moments = np.empty(partial.shape[1:])
-    _sum_chunks(partial, moments)
+    sum_chunks(partial, moments)
     return moments
 
 
