@@ -107,62 +107,18 @@ def heap_push(scores, ids, score, id):
     It is inserted when it beats the worst entry kept (the root, which it then replaces) and
     ``id`` is not already in the heap.
     """
-    if not (score > scores[0] or (score == scores[0] and id < ids[0])):
+    if not heap_accepts(scores, ids, score, id) or heap_contains(ids, id):
         return False
-    k = scores.shape[0]
-    found = False
-    for t in range(k):
-        found |= ids[t] == id
-    if found:
-        return False
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        right = child + 1
-        if right < k and _worse(scores[right], ids[right], scores[child], ids[child]):
-            child = right
-        if _worse(scores[child], ids[child], score, id):
-            scores[pos] = scores[child]
-            ids[pos] = ids[child]
-            pos = child
-        else:
-            break
-    scores[pos] = score
-    ids[pos] = id
+    heap_replace_root(scores, ids, score, id)
     return True
 
 
 @jit
 def heap_push_tagged(scores, ids, tags, score, id, tag):
     """:func:`heap_push` with a ``tags`` array; the inserted entry gets ``tag``."""
-    if not (score > scores[0] or (score == scores[0] and id < ids[0])):
+    if not heap_accepts(scores, ids, score, id) or heap_contains(ids, id):
         return False
-    k = scores.shape[0]
-    found = False
-    for t in range(k):
-        found |= ids[t] == id
-    if found:
-        return False
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        right = child + 1
-        if right < k and _worse(scores[right], ids[right], scores[child], ids[child]):
-            child = right
-        if _worse(scores[child], ids[child], score, id):
-            scores[pos] = scores[child]
-            ids[pos] = ids[child]
-            tags[pos] = tags[child]
-            pos = child
-        else:
-            break
-    scores[pos] = score
-    ids[pos] = id
-    tags[pos] = tag
+    heap_replace_root_tagged(scores, ids, tags, score, id, tag)
     return True
 
 

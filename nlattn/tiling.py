@@ -44,7 +44,6 @@ import numpy as np
 
 from nlattn._validate import (
     check_choice,
-    check_float,
     check_image,
     check_int,
     check_n_threads,
@@ -632,8 +631,7 @@ def _check_out(out, image: np.ndarray) -> np.ndarray:
 def _resolve_nlm(image: np.ndarray, kwargs: dict, budget: int) -> dict:
     """The explicit parameters :func:`nlattn.nl_means` would pick for the whole image
     (``sigma``, then the preset's ``patch_radius``, ``search_radius`` and ``h``)."""
-    from nlattn.denoise import AGGREGATIONS, data_range
-    from nlattn.denoise.presets import nlm_preset
+    from nlattn.denoise import AGGREGATIONS, resolve_nlm_parameters
 
     if kwargs.get("k") is not None:
         raise ValueError("k is not a parameter of method 'nlm'; leave it None")
@@ -642,20 +640,8 @@ def _resolve_nlm(image: np.ndarray, kwargs: dict, budget: int) -> dict:
     sigma = kwargs.get("sigma")
     if sigma is None:
         sigma = estimate_sigma_bounded(image, budget)
-    sigma = check_float("sigma", sigma, minimum=0.0)
-    n_channels = 1 if image.ndim == 2 else image.shape[2]
-    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
-    patch_radius = kwargs.get("patch_radius")
-    search_radius = kwargs.get("search_radius")
-    patch_radius = check_int("patch_radius", preset.patch_radius if patch_radius is None
-                             else patch_radius, minimum=0, maximum=64)
-    search_radius = check_int("search_radius", preset.search_radius if search_radius is None
-                              else search_radius, minimum=0, maximum=256)
-    h = kwargs.get("h")
-    if h is None:
-        h = preset.h_over_sigma * sigma  # 0 when sigma is: nothing to remove
-    else:
-        h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    sigma, patch_radius, search_radius, h = resolve_nlm_parameters(
+        image, sigma, kwargs.get("h"), kwargs.get("patch_radius"), kwargs.get("search_radius"))
     return {"sigma": sigma, "h": h, "patch_radius": patch_radius,
             "search_radius": search_radius, "aggregation": aggregation}
 

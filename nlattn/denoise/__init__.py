@@ -216,22 +216,10 @@ def nl_means(
         raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
     if method == "scram":
         k = SCRAM_K if k is None else check_int("k", k, minimum=1, maximum=256)
-    if sigma is None:
-        sigma = estimate_sigma(image)
-    sigma = check_float("sigma", sigma, minimum=0.0)
-    n_channels = 1 if image.ndim == 2 else image.shape[2]
-    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
-    if patch_radius is None:
-        patch_radius = preset.patch_radius
-    if search_radius is None:
-        search_radius = preset.search_radius
-    patch_radius = check_int("patch_radius", patch_radius, minimum=0, maximum=64)
-    search_radius = check_int("search_radius", search_radius, minimum=0, maximum=256)
-    if h is None:
-        h = preset.h_over_sigma * sigma
-        if h == 0.0:
-            return image.copy()
-    h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    sigma, patch_radius, search_radius, h = resolve_nlm_parameters(
+        image, sigma, h, patch_radius, search_radius)
+    if h == 0.0:
+        return image.copy()
 
     from nlattn.denoise.nlm import nlm_windowed
     from nlattn.features import to_planar
@@ -243,6 +231,31 @@ def nl_means(
         planar = nlm_windowed(to_planar(image), patch_radius, search_radius, h, sigma,
                               aggregation, extra)
     return _from_planar(planar, image)
+
+
+def resolve_nlm_parameters(image: np.ndarray, sigma: float | None, h: float | None,
+                           patch_radius: int | None, search_radius: int | None
+                           ) -> tuple[float, int, int, float]:
+    """The checked ``(sigma, patch_radius, search_radius, h)`` that windowed NLM uses.
+
+    ``sigma=None`` is estimated with :func:`estimate_sigma`; the others default to the preset
+    for ``sigma`` (in 8-bit grey levels through :func:`data_range`).  A returned ``h`` of 0
+    (no noise and no ``h`` given) means there is nothing to remove.
+    """
+    if sigma is None:
+        sigma = estimate_sigma(image)
+    sigma = check_float("sigma", sigma, minimum=0.0)
+    n_channels = 1 if image.ndim == 2 else image.shape[2]
+    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
+    patch_radius = check_int("patch_radius", preset.patch_radius if patch_radius is None
+                             else patch_radius, minimum=0, maximum=64)
+    search_radius = check_int("search_radius", preset.search_radius if search_radius is None
+                              else search_radius, minimum=0, maximum=256)
+    if h is None:
+        h = preset.h_over_sigma * sigma
+    else:
+        h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    return sigma, patch_radius, search_radius, h
 
 
 def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
@@ -285,19 +298,10 @@ def _attention_denoise(image, method, sigma, h, patch_radius, k, seed, n_threads
     from nlattn.attention import METHODS, attention
     from nlattn.features import nlm_tokens
 
-    if sigma is None:
-        sigma = estimate_sigma(image)
-    sigma = check_float("sigma", sigma, minimum=0.0)
+    sigma, patch_radius, _, h = resolve_nlm_parameters(image, sigma, h, patch_radius, None)
+    if h == 0.0:
+        return image.copy()
     n_channels = 1 if image.ndim == 2 else image.shape[2]
-    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
-    if patch_radius is None:
-        patch_radius = preset.patch_radius
-    patch_radius = check_int("patch_radius", patch_radius, minimum=0, maximum=64)
-    if h is None:
-        h = preset.h_over_sigma * sigma
-        if h == 0.0:
-            return image.copy()
-    h = check_float("h", h, minimum=0.0, strict_minimum=True)
     n_elements = (2 * patch_radius + 1) ** 2 * n_channels
     params = dict(method_params)
     if k is not None:
