@@ -303,6 +303,29 @@ def topk_dot(queries, keys, k, scale=1.0, exclude_self=True):
     return indices.reshape(height, width, k), scores.reshape(height, width, k)
 
 
+def topk_dot_in_groups(queries, keys, groups, k, scale=1.0, exclude_self=True):
+    """Exact top-k of ``scale * q_i . k_j`` over the keys ``j`` that share a group with ``i``
+    (the twin of a random-projection forest's starting field).
+
+    ``queries``/``keys`` are ``(n, d)``; ``groups`` is a list of lists of pixel indices, each
+    pixel in one group per list (several forests' leaves may be concatenated).  Returns sets:
+    ``result[i]`` is the set of the best ``min(k, candidates)`` keys (equal scores: smaller
+    index first).
+    """
+    n, d = queries.shape
+    q = np.asarray(queries, np.float64)
+    kk = np.asarray(keys, np.float64)
+    candidates = [set() for _ in range(n)]
+    for group in groups:
+        for i in group:
+            candidates[i].update(j for j in group if not (exclude_self and j == i))
+    result = []
+    for i in range(n):
+        ranked = sorted(candidates[i], key=lambda j: (-scale * float(q[i] @ kk[j]), j))
+        result.append(set(ranked[:k]))
+    return result
+
+
 # ---------------------------------------------------- fastmax and efficient attention
 # Brute-force NumPy twins of the fastmax and efficient-attention methods (dense n x n products).
 #

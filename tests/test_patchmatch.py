@@ -90,10 +90,17 @@ def test_recall_on_other_features():
     feats = feats + 0.3 * rng.standard_normal((height, width, d))
     feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
     keys = np.roll(feats, 5, axis=1) + 0.1 * rng.standard_normal(feats.shape)
-    field = knn_patchmatch(feats, keys, 10, scale=2.5, exclude_self=False)
+    # queries and keys unrelated: random start and more iterations, as documented
+    field = knn_patchmatch(feats, keys, 10, scale=2.5, exclude_self=False, n_trees=0,
+                           n_iters=6)
     _check_field(field, feats.astype(np.float32), keys.astype(np.float32), 10, scale=2.5,
                  exclude_self=False)
     exact, _ = naive.topk_dot(feats.astype(np.float32), keys.astype(np.float32), 10, 2.5, False)
+    assert _recall(field.indices, exact) >= 0.95
+    # self-attention (queries are keys): the defaults
+    field = knn_patchmatch(feats, feats, 10, scale=2.5)
+    _check_field(field, feats.astype(np.float32), feats.astype(np.float32), 10, scale=2.5)
+    exact, _ = naive.topk_dot(feats.astype(np.float32), feats.astype(np.float32), 10, 2.5)
     assert _recall(field.indices, exact) >= 0.95
 
 
@@ -140,11 +147,57 @@ def test_self_is_the_best_match_of_nlm_tokens_when_kept():
 def test_iterations_improve_the_field():
     queries, keys = _nlm_tokens(_textured(40, 37, seed=7))
     exact, _ = naive.topk_dot(queries, keys, 16)
-    recalls = [_recall(knn_patchmatch(queries, keys, 16, n_iters=it).indices, exact)
+    recalls = [_recall(knn_patchmatch(queries, keys, 16, n_iters=it, n_trees=0).indices, exact)
                for it in (0, 1, 3)]
     assert recalls[0] < 0.1 < recalls[1] < recalls[2]
     # the random initialisation is k distinct keys per pixel
-    _check_field(knn_patchmatch(queries, keys, 16, n_iters=0), queries, keys, 16)
+    _check_field(knn_patchmatch(queries, keys, 16, n_iters=0, n_trees=0), queries, keys, 16)
+    # the forest starts far ahead of random keys, and more trees start further
+    forest = [_recall(knn_patchmatch(queries, keys, 16, n_iters=0, n_trees=t).indices, exact)
+              for t in (1, 8)]
+    assert recalls[0] + 0.1 < forest[0] < forest[1]
+    _check_field(knn_patchmatch(queries, keys, 16, n_iters=0, n_trees=8), queries, keys, 16)
+    one = _recall(knn_patchmatch(queries, keys, 16, n_iters=1).indices, exact)
+    assert one > recalls[1]
+
+
+@pytest.mark.parametrize(("n", "k", "exclude_self"), [(1000, 16, True), (300, 5, False),
+                                                      (40, 16, True)])
+def test_forest_start_is_the_best_of_the_leaf_mates(n, k, exclude_self):
+    # the twin: exact top-k among the pixels that share a leaf with i in some tree
+    from nlattn._forest import LEAF_SIZE, _build_tree, forest_init
+
+    rng = np.random.default_rng(n)
+    queries = rng.standard_normal((n, 6)).astype(np.float32)
+    keys = rng.standard_normal((n, 6)).astype(np.float32)
+    min_leaf = k + 1 if exclude_self else k
+    leaf_size = max(LEAF_SIZE, 2 * min_leaf)
+    groups = []
+    for tree in range(3):
+        perm = np.empty(n, np.int32)
+        bounds = np.empty(n + 1, np.int32)
+        n_leaves = _build_tree(queries, 7, tree, leaf_size, min_leaf, perm, bounds,
+                               np.empty(2 * (n // min_leaf + 1), np.int64),
+                               np.empty(6, np.float64))
+        assert sorted(perm) == list(range(n))  # a permutation, cut into leaves
+        sizes = np.diff(bounds[: n_leaves + 1])
+        assert bounds[0] == 0 and bounds[n_leaves] == n
+        if n > leaf_size:
+            assert sizes.min() >= min_leaf and sizes.max() <= leaf_size
+        else:
+            assert n_leaves == 1
+        groups += [list(perm[lo:hi])
+                   for lo, hi in zip(bounds[:n_leaves], bounds[1:n_leaves + 1], strict=True)]
+    scores = np.empty((n, k), np.float32)
+    ids = np.empty((n, k), np.int32)
+    tags = np.empty((n, k), np.int32)
+    forest_init(queries, keys, 3, leaf_size, min_leaf, exclude_self, 1.5, 7, scores, ids, tags)
+    expected = naive.topk_dot_in_groups(queries, keys, groups, k, 1.5, exclude_self)
+    for i in range(n):
+        assert set(ids[i][ids[i] >= 0].tolist()) == expected[i]
+    assert np.all(ids >= 0) and np.all(tags == 0)  # leaves of >= min_leaf pixels fill heaps
+    np.testing.assert_allclose(scores, 1.5 * np.einsum("id,ikd->ik", queries, keys[ids]),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_scale_changes_scores_not_matches():
@@ -161,17 +214,24 @@ def test_deterministic_for_a_seed():
     b = knn_patchmatch(queries, keys, 16, n_iters=2, seed=3)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.scores, b.scores)
-    other = knn_patchmatch(queries, keys, 16, n_iters=2, seed=4)
-    assert not np.array_equal(a.indices, other.indices)
+    # two iterations converge to the exact field here whatever the seed; the starts differ
+    start = knn_patchmatch(queries, keys, 16, n_iters=0, seed=3)
+    other = knn_patchmatch(queries, keys, 16, n_iters=0, seed=4)
+    assert not np.array_equal(start.indices, other.indices)
+    for n_trees in (0, 10):
+        again = knn_patchmatch(queries, keys, 16, n_iters=1, n_trees=n_trees, seed=4)
+        np.testing.assert_array_equal(
+            again.indices, knn_patchmatch(queries, keys, 16, n_iters=1, n_trees=n_trees,
+                                          seed=4).indices)
 
 
 def test_same_field_at_one_and_two_threads():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 Numba threads")
     queries, keys = _nlm_tokens(_textured(61, 45, seed=10))
-    for n_iters in (1, 3):
-        one = knn_patchmatch(queries, keys, 12, n_iters=n_iters, n_threads=1)
-        two = knn_patchmatch(queries, keys, 12, n_iters=n_iters, n_threads=2)
+    for n_iters, n_trees in ((0, 8), (1, 8), (3, 0), (3, 5)):
+        one = knn_patchmatch(queries, keys, 12, n_iters=n_iters, n_trees=n_trees, n_threads=1)
+        two = knn_patchmatch(queries, keys, 12, n_iters=n_iters, n_trees=n_trees, n_threads=2)
         np.testing.assert_array_equal(one.indices, two.indices)
         np.testing.assert_array_equal(one.scores, two.scores)
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # restored
@@ -208,6 +268,8 @@ def test_input_types_are_converted_once():
         (dict(scale=float("inf")), ValueError, "scale must be finite"),
         (dict(scale="1"), TypeError, "scale must be a real number"),
         (dict(n_threads=0), ValueError, "n_threads must be >= 1"),
+        (dict(n_trees=-1), ValueError, "n_trees must be >= 0"),
+        (dict(n_trees=2.0), TypeError, "n_trees must be an integer"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, error, match):
