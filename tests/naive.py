@@ -490,19 +490,29 @@ def balanced_tokens(queries, keys, scale, drop_relative=1e-7):
 
 
 def favor_estimates(queries, keys, scale, projections, n_features):
-    """Performer's positive-feature estimate of ``exp(scale q_i.k_j)`` for every flat pair.
+    """The optimal positive random features' estimate of ``exp(scale q_i.k_j)`` for every
+    flat pair.
 
-    ``projections`` ``(d, P)``, ``P = ceil(n_features / 2)``: feature ``f`` is
-    ``exp(s_f w.x - |x|^2 / 2) / sqrt(m)`` with ``w`` the column ``f // 2`` and ``s_f`` its sign,
-    ``+`` for even ``f`` and ``-`` for odd ``f``, on the balanced tokens of
-    :func:`balanced_tokens`, times the exact factors ``exp(u_j + beta_i)``.  Returns ``(n, n)``
+    ``projections`` ``(d, P)``, ``P = ceil(n_features / 2)``, standard Gaussian columns:
+    feature ``f`` is ``(1 - 4A)^(r/4) exp(sqrt(1 - 4A) s_f w.x + A |P w|^2 - |x|^2 / 2) /
+    sqrt(m)`` with ``w`` the column ``f // 2`` and ``s_f`` its sign, ``+`` for even ``f`` and
+    ``-`` for odd ``f``, on the balanced tokens of :func:`balanced_tokens` (``P`` the projector
+    onto the ``r`` directions they span), times the exact factors ``exp(u_j + beta_i)``.  ``A``
+    minimises the variance for the tokens' mean ``|x + y|^2 / r = rho``: the root below 1/8 of
+    ``16 A^2 + (4 rho - 2) A - rho = 0`` (``A = 0`` is Performer's FAVOR+).  Returns ``(n, n)``
     float64.
     """
     x, y, u, beta = balanced_tokens(queries, keys, scale)
+    e, v = np.linalg.eigh((x.T @ x + y.T @ y) / len(x))
+    keep = v[:, e > 1e-7 * max(e.max(), 1e-300)]
+    rank = keep.shape[1]
+    rho = ((x**2).sum(axis=1).mean() + (y**2).sum(axis=1).mean()) / rank if rank else 0.0
+    a = np.roots([16.0, 4.0 * rho - 2.0, -rho]).real.min() if rho > 0 else 0.0
     signs = np.where(np.arange(n_features) % 2 == 0, 1.0, -1.0)
     w = projections[:, np.arange(n_features) // 2] * signs  # (d, m)
-    log_q = x @ w - 0.5 * (x**2).sum(axis=1, keepdims=True)
-    log_k = y @ w - 0.5 * (y**2).sum(axis=1, keepdims=True)
+    offset = a * ((keep.T @ w) ** 2).sum(axis=0) + rank / 4 * np.log(1 - 4 * a)  # (m,)
+    log_q = np.sqrt(1 - 4 * a) * (x @ w) + offset - 0.5 * (x**2).sum(axis=1, keepdims=True)
+    log_k = np.sqrt(1 - 4 * a) * (y @ w) + offset - 0.5 * (y**2).sum(axis=1, keepdims=True)
     # exp(log_q) exp(log_k) summed over features, in log space for safety
     total = log_q[:, None, :] + log_k[None, :, :]
     top = total.max(axis=2, keepdims=True)

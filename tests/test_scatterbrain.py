@@ -81,6 +81,18 @@ def test_projections_are_orthogonal_blocks_with_gaussian_norms():
     assert abs(np.cov(w).trace() / 5 - 1.0) < 0.05
 
 
+@pytest.mark.parametrize("rho", [0.0, 0.05, 1.0, 8.0])
+def test_optimal_a_minimises_the_second_moment(rho):
+    # per-dimension log second moment of f_A(w, x) f_A(w, y) for |x + y|^2 = rho * dim,
+    # up to terms free of A; minimised over a fine grid of A < 1/8
+    grid = np.linspace(-4.0, 0.1249, 400001)
+    moment = (np.log1p(-4 * grid) - 0.5 * np.log1p(-8 * grid)
+              + 2 * rho * (1 - 4 * grid) / (1 - 8 * grid))
+    best = grid[np.argmin(moment)]
+    assert rf.optimal_a(rho) == pytest.approx(best, abs=2e-5)
+    assert rf.optimal_a(rho) <= 0.0
+
+
 def test_feature_estimate_is_unbiased_over_seeds():
     # Small scores, so that the estimator's variance (exp(|x + y|^2) - 1 per feature) is
     # moderate and 400 seeds pin the mean down to about 1 %.

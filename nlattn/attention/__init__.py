@@ -70,7 +70,8 @@ METHODS: dict[str, MethodInfo] = {
     "performer": MethodInfo(
         "performer",
         "Performer (Choromanski et al. 2021): low-rank attention through positive orthogonal "
-        "random features of exp(scale q.k), stabilised in log space; unbiased for the "
+        "random features of exp(scale q.k) (variance-optimal FAVOR++ form), stabilised in log "
+        "space; unbiased for the "
         "unnormalised weights, good for diffuse maps, poor for peaked ones.",
         "O(n m d) time, O(n m) memory (m = n_features)",
         ("n_features",),

@@ -1,7 +1,7 @@
 """LSH attention (method ``"lsh"``): exact softmax inside hashed buckets (Kitaev et al. 2020).
 
 Definition (the naive twins ``lsh_supports`` and ``support_weights`` in
-``tests/naive_scatter.py`` implement it given the same bucket assignment): for ``n_hashes``
+``tests/naive.py`` implement it given the same bucket assignment): for ``n_hashes``
 rounds ``r``, every key gets a bucket ``key_bucket[r, j]`` and every query a bucket
 ``query_bucket[r, i]`` (:func:`bucket_assignment`); query ``i`` attends, with an exact softmax
 (float64 log-sum-exp), to the union over rounds of the keys sharing its bucket,
@@ -279,8 +279,8 @@ def hash_rounds(queries: np.ndarray, keys: np.ndarray, scale: float, seed: int, 
     ``orders[r, b * bucket_size : (b + 1) * bucket_size]`` (sorted by key index).
     """
     n, d = keys.shape
-    query_mean, key_mean, query_map, key_map, key_weight, _, _ = rf.score_maps(queries, keys,
-                                                                               scale)
+    query_mean, key_mean, query_map, key_map, key_weight, *_ = rf.score_maps(queries, keys,
+                                                                             scale)
     residuals = np.empty(n)
     _key_residuals(keys, key_mean, key_map, key_weight, rf.CHUNK, residuals)
     top = float(residuals.max())

@@ -1,7 +1,7 @@
 """Performer attention (method ``"performer"``): low rank through positive random features.
 
 Definition (the naive twins ``favor_estimates`` and ``weighted_attention`` in
-``tests/naive_scatter.py`` implement it given the same projections): with the features of
+``tests/naive.py`` implement it given the same projections): with the features of
 :mod:`nlattn.attention._random_features`, ``exp(scale q_i.k_j)`` is estimated by
 ``phi(q_i).phi(k_j)`` (unbiased over the seeds), and
 
@@ -16,8 +16,9 @@ clamped: a query whose estimated normaliser underflows to zero (its features and
 differ by more than the float64 range, which takes scores beyond ~700) gets uniform weights,
 the mean of the values.
 
-Good for diffuse maps, poor for peaked ones: the relative variance of one feature is
-``exp(|x + y|^2) - 1`` for the balanced tokens ``x``, ``y``, which grows with the temperature.
+Good for diffuse maps, poor for peaked ones: the relative variance of one feature grows like
+``exp(|x + y|^2)`` for the balanced tokens ``x``, ``y`` (FAVOR++'s optimal ``A`` lowers it but
+does not change that), and ``|x + y|^2`` grows with the temperature.
 """
 
 from __future__ import annotations

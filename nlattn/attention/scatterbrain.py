@@ -1,6 +1,6 @@
 """Scatterbrain attention (method ``"scatterbrain"``): sparse + low rank (Chen et al. 2021).
 
-Definition (the naive twin ``scatterbrain_attention`` in ``tests/naive_scatter.py`` implements
+Definition (the naive twin ``scatterbrain_attention`` in ``tests/naive.py`` implements
 it given the same features and support): with the positive random features ``phi`` of
 :mod:`nlattn.attention._random_features` (``phi(q_i).phi(k_j)`` estimates ``exp(s_ij)``,
 ``s_ij = scale q_i.k_j``, without bias) and a support ``S_i`` of keys for each query, the
