@@ -81,9 +81,9 @@ def _build_tree(vectors, seed, tree, leaf_size, min_leaf, perm, leaf_bounds, sta
             continue
         # bisector of two distinct members a, b: keep v on a's side when v.(a - b) > thr
         node += np.uint64(1)
-        round = _FOREST_ROUND | (node << np.uint64(1))
-        a = perm[lo + randint(seed, tree, round, m)]
-        b_off = randint(seed, tree, round | np.uint64(1), m - 1)
+        counter = _FOREST_ROUND | (node << np.uint64(1))
+        a = perm[lo + randint(seed, tree, counter, m)]
+        b_off = randint(seed, tree, counter | np.uint64(1), m - 1)
         b = perm[lo + b_off]
         if b == a:
             b = perm[hi - 1]
