@@ -52,6 +52,14 @@ _NEG_INF = np.float32(-np.inf)
 _FOREST_ROUND = np.uint64(1) << np.uint64(63)
 
 
+def leaf_sizes(k: int, exclude_self: bool) -> tuple[int, int]:
+    """``(leaf_size, min_leaf)`` for heaps of ``k`` keys: leaves of at least ``k + 1`` pixels
+    (``k`` when a pixel may match itself) fill every heap in the first tree, and at most
+    ``max(LEAF_SIZE, 2 min_leaf)`` so that a split can leave ``min_leaf`` on each side."""
+    min_leaf = k + 1 if exclude_self else k
+    return max(LEAF_SIZE, 2 * min_leaf), min_leaf
+
+
 @jit
 def _build_tree(vectors, seed, tree, leaf_size, min_leaf, perm, leaf_bounds, stack, direction):
     """One tree: reorder ``perm`` so that every leaf is a contiguous range, and write the leaf

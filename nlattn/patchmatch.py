@@ -63,7 +63,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from nlattn._forest import DEFAULT_N_TREES, LEAF_SIZE, forest_init
+from nlattn._forest import DEFAULT_N_TREES, forest_init, leaf_sizes
 from nlattn._heap import heap_accepts, heap_contains, heap_replace_root_tagged, heap_sort
 from nlattn._jit import jit
 from nlattn._prefetch import prefetch_row
@@ -84,7 +84,6 @@ _PREFETCH_AHEAD = 32
 
 _NEG_INF = np.float32(-np.inf)
 _SHIFT = np.uint64(32)
-_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 # trial counters of the random windows into reverse lists (random search uses small ones)
 _REVERSE_ROUND = np.uint64(0xFFFFFFFF)
 
@@ -591,9 +590,7 @@ def knn_patchmatch(
         n_trees = DEFAULT_N_TREES
     n_trees = check_int("n_trees", n_trees, minimum=0)
     n_threads = check_n_threads(n_threads)
-    # leaves of at least k + 1 pixels fill every heap in the first tree
-    min_leaf = k + 1 if exclude_self else k
-    leaf_size = max(LEAF_SIZE, 2 * min_leaf)
+    leaf_size, min_leaf = leaf_sizes(k, bool(exclude_self))
     out_ids = np.empty((n, k), np.int32)
     out_scores = np.empty((n, k), np.float32)
     with numba_threads(n_threads):

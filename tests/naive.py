@@ -459,6 +459,13 @@ def _sqrtm(matrix):
     return (v * np.sqrt(np.maximum(e, 0.0))) @ v.T
 
 
+def kept_basis(x, y, drop_relative=1e-7):
+    """Orthonormal basis (columns) of the directions of the token pairs ``x``, ``y`` (n, d)
+    holding at least ``drop_relative`` of the largest energy of ``E xx^T + E yy^T``."""
+    e, v = np.linalg.eigh((x.T @ x + y.T @ y) / len(x))
+    return v[:, e > drop_relative * max(e.max(), 1e-300)]
+
+
 def balanced_tokens(queries, keys, scale, drop_relative=1e-7):
     """The exact rewriting of the scores by centring and balancing.
 
@@ -481,8 +488,7 @@ def balanced_tokens(queries, keys, scale, drop_relative=1e-7):
     a = _sqrtm(geometric)
     a_inv = np.linalg.inv(a)
     x, y = qc @ a, kc @ a_inv
-    e, v = np.linalg.eigh((x.T @ x + y.T @ y) / len(q))
-    keep = v[:, e > drop_relative * e.max()]
+    keep = kept_basis(x, y, drop_relative)
     x, y = x @ keep @ keep.T, y @ keep @ keep.T
     u = scale * (k @ qm)
     beta = scale * (q @ km - qm @ km)
@@ -503,8 +509,7 @@ def favor_estimates(queries, keys, scale, projections, n_features):
     float64.
     """
     x, y, u, beta = balanced_tokens(queries, keys, scale)
-    e, v = np.linalg.eigh((x.T @ x + y.T @ y) / len(x))
-    keep = v[:, e > 1e-7 * max(e.max(), 1e-300)]
+    keep = kept_basis(x, y)
     rank = keep.shape[1]
     rho = ((x**2).sum(axis=1).mean() + (y**2).sum(axis=1).mean()) / rank if rank else 0.0
     a = np.roots([16.0, 4.0 * rho - 2.0, -rho]).real.min() if rho > 0 else 0.0

@@ -165,13 +165,12 @@ def test_iterations_improve_the_field():
                                                       (40, 16, True)])
 def test_forest_start_is_the_best_of_the_leaf_mates(n, k, exclude_self):
     # the twin: exact top-k among the pixels that share a leaf with i in some tree
-    from nlattn._forest import LEAF_SIZE, _build_tree, forest_init
+    from nlattn._forest import _build_tree, forest_init, leaf_sizes
 
     rng = np.random.default_rng(n)
     queries = rng.standard_normal((n, 6)).astype(np.float32)
     keys = rng.standard_normal((n, 6)).astype(np.float32)
-    min_leaf = k + 1 if exclude_self else k
-    leaf_size = max(LEAF_SIZE, 2 * min_leaf)
+    leaf_size, min_leaf = leaf_sizes(k, exclude_self)
     groups = []
     for tree in range(3):
         perm = np.empty(n, np.int32)

@@ -229,6 +229,23 @@ def dot(a, b):
     return acc
 
 
+@jit
+def key_log_features(key, mean, token_map, projections, key_weight, centred, mapped, out):
+    """:func:`log_features` of one key with its exact log-weight ``u_j = k_j.key_weight``;
+    returns their maximum."""
+    return log_features(key, mean, token_map, projections, dot(key, key_weight), centred,
+                        mapped, out)
+
+
+@jit
+def shifted_key_features(key, mean, token_map, projections, key_weight, shift, centred, mapped,
+                         out):
+    """Features of one key, ``out = exp(key_log_features - shift)`` (float64)."""
+    key_log_features(key, mean, token_map, projections, key_weight, centred, mapped, out)
+    for f in range(out.shape[0]):
+        out[f] = math.exp(out[f] - shift)
+
+
 @jit(parallel=True)
 def key_log_max(keys, mean, token_map, projections, key_weight, m, chunk):
     """The largest log-feature over all keys (``keys`` (n, d) float32): the one global shift
@@ -242,9 +259,8 @@ def key_log_max(keys, mean, token_map, projections, key_weight, m, chunk):
         logs = np.empty(m)
         top = -np.inf
         for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            u = dot(keys[j], key_weight)
-            top = max(top, log_features(keys[j], mean, token_map, projections, u, centred,
-                                        mapped, logs))
+            top = max(top, key_log_features(keys[j], mean, token_map, projections,
+                                            key_weight, centred, mapped, logs))
         best[c] = top
     return best.max()
 
@@ -260,11 +276,11 @@ def key_features(keys, mean, token_map, projections, key_weight, shift, chunk, o
         mapped = np.empty(token_map.shape[1])
         logs = np.empty(m)
         for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            u = dot(keys[j], key_weight)
-            log_features(keys[j], mean, token_map, projections, u, centred, mapped, logs)
+            shifted_key_features(keys[j], mean, token_map, projections, key_weight, shift,
+                                 centred, mapped, logs)
             row = out[j]
             for f in range(m):
-                row[f] = np.float32(math.exp(logs[f] - shift))
+                row[f] = np.float32(logs[f])
 
 
 @jit
@@ -294,10 +310,8 @@ def key_sums(keys, values, mean, token_map, projections, key_weight, shift, m, c
         mapped = np.empty(token_map.shape[1])
         logs = np.empty(m)
         for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            u = dot(keys[j], key_weight)
-            log_features(keys[j], mean, token_map, projections, u, centred, mapped, logs)
-            for f in range(m):
-                logs[f] = math.exp(logs[f] - shift)
+            shifted_key_features(keys[j], mean, token_map, projections, key_weight, shift,
+                                 centred, mapped, logs)
             _add_outer(logs, values[j], z_parts[c], kv_parts[c])
     z[:] = 0.0
     kv[:, :] = 0.0

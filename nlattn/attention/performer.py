@@ -92,10 +92,8 @@ def _performer_rows(phi_q, keys, mean, token_map, projections, key_weight, shift
         phi = np.empty(m)
         part = sums[c]
         for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            u = rf.dot(keys[j], key_weight)
-            rf.log_features(keys[j], mean, token_map, projections, u, centred, mapped, phi)
-            for f in range(m):
-                phi[f] = np.exp(phi[f] - shift)
+            rf.shifted_key_features(keys[j], mean, token_map, projections, key_weight, shift,
+                                    centred, mapped, phi)
             for r in range(n_rows):
                 value = rf.dot(phi_q[r], phi)
                 out[r, j] = np.float32(value)
