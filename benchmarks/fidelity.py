@@ -2,7 +2,7 @@
 
     python benchmarks/fidelity.py [--images 05,08,09,12] [--size 128] [--budgets 64,256,1024]
         [--tokens patch,pca8] [--repeats 1] [--threads 2] [--plot docs/images/fidelity.png]
-        [--out fidelity.json]
+        [--out fidelity.json] [--shares 0.125,0.25,0.5,0.75] [--replot fidelity.json]
 
 Tokens: the 5 x 5 patches of a ``size x size`` centre crop of each Set12 image (in [0, 1]), each
 patch minus its own mean (centred), divided by its norm (floored at 0.02, so flat patches give
@@ -15,11 +15,15 @@ method gains from reproducing a constant.
 
 Budgets: every method gets the same number of non-zeros plus random features per row, ``B``:
 
-- ``local``: the (2r+1)^2 <= B window;  ``scram``: k <= 32 matches with (2r+1)^2 windows,
-  k (2r+1)^2 <= B (3 x 3 windows up to B = 288);
+- ``local``: the (2r+1)^2 <= B window;  ``scram``: k <= 128 matches with 3 x 3 windows,
+  9 k <= B (5 x 5 windows and more only past B = 1152);
 - ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
-- ``scatterbrain``: half and half: a (2r+1)^2 <= B / 2 local window (or LSH buckets, or the
-  PatchMatch support) plus B / 2 features;
+- ``scatterbrain``: m = share x B features plus a support of B - m keys: a (2r+1)^2 local window,
+  LSH buckets or the PatchMatch support (as ``scram``).  The share is set per temperature
+  (:data:`FEATURE_SHARE`: 1/8 peaked, 1/4 medium, 3/4 diffuse, growing with the number of keys
+  a row's mass spreads over): the sparse part is worth its keys only where the mass it can
+  hold is large.  ``--shares 0.125,0.25,0.5,0.75`` runs every share at every temperature
+  instead (labels ``scatterbrain-pm@0.25`` etc.), the sweep the table's choice comes from;
 - ``fast`` and ``efficient`` have no budget (their cost is fixed by d): one row per temperature.
 
 Metrics against ``exact`` (the blocked kernel): relative output error ||O' - O|| / ||O||, mean
@@ -42,6 +46,11 @@ import nlattn
 from nlattn.metrics import relative_error, row_kl, row_total_variation
 
 TEMPERATURES = (("peaked", 64.0), ("medium", 16.0), ("diffuse", 4.0))
+#: Scatterbrain's share of the budget spent on random features, per temperature (the rest buys
+#: support keys): chosen from the ``--shares`` sweep, recorded in results/fidelity_shares.json.
+FEATURE_SHARE = {"peaked": 0.125, "medium": 0.25, "diffuse": 0.75}
+#: Most PatchMatch matches per query in a budgeted support (larger supports widen the windows).
+MAX_MATCHES = 128
 NORM_FLOOR = 0.02
 N_QUERIES = 64
 
@@ -64,27 +73,35 @@ def window_radius_for(budget: int) -> int:
 
 
 def matches_for(budget: int) -> dict:
-    """PatchMatch support within ``budget``: k matches with (2r+1)^2 windows, k <= 32."""
+    """PatchMatch support within ``budget``: k <= MAX_MATCHES matches with the smallest
+    (2r+1)^2 windows (r >= 1) such that k (2r+1)^2 <= budget."""
     radius = 1
-    while budget // (2 * radius + 1) ** 2 > 32:
+    while budget // (2 * radius + 1) ** 2 > MAX_MATCHES:
         radius += 1
     return {"k": max(1, budget // (2 * radius + 1) ** 2), "window_radius": radius}
 
 
-def configurations(budget: int) -> list[tuple[str, str, dict]]:
-    """(label, method, parameters) of each budgeted method at ``budget`` per row."""
+def configurations(budget: int, share: float, suffix: str = "",
+                   baselines: bool = True) -> list[tuple[str, str, dict]]:
+    """(label, method, parameters) of each budgeted method at ``budget`` per row; Scatterbrain
+    spends ``round(share * budget)`` on features and the rest on its support."""
+    n_features = max(1, round(share * budget))
+    sparse = max(1, budget - n_features)
     half = budget // 2
-    return [
+    runs = [
         ("local", "local", {"window_radius": window_radius_for(budget)}),
         ("scram", "scram", matches_for(budget)),
         ("lsh", "lsh", {"n_hashes": 2, "bucket_size": max(1, half)}),
         ("performer", "performer", {"n_features": budget}),
-        ("scatterbrain", "scatterbrain",
-         {"support": "local", "window_radius": window_radius_for(half), "n_features": half}),
-        ("scatterbrain-lsh", "scatterbrain",
-         {"support": "lsh", "n_hashes": 1, "bucket_size": half, "n_features": half}),
-        ("scatterbrain-pm", "scatterbrain",
-         {"support": "patchmatch", **matches_for(half), "n_features": half}),
+    ] if baselines else []
+    return runs + [
+        ("scatterbrain" + suffix, "scatterbrain",
+         {"support": "local", "window_radius": window_radius_for(sparse),
+          "n_features": n_features}),
+        ("scatterbrain-lsh" + suffix, "scatterbrain",
+         {"support": "lsh", "n_hashes": 1, "bucket_size": sparse, "n_features": n_features}),
+        ("scatterbrain-pm" + suffix, "scatterbrain",
+         {"support": "patchmatch", **matches_for(sparse), "n_features": n_features}),
     ]
 
 
@@ -129,10 +146,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds averaged for the randomised methods (lsh, performer, "
                              "scatterbrain)")
+    parser.add_argument("--shares", default=None,
+                        help="Scatterbrain's feature shares of the budget to sweep, e.g. "
+                             "0.25,0.5,0.75 (default: FEATURE_SHARE's one per temperature)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--out", default="fidelity.json")
+    parser.add_argument("--replot", default=None, metavar="RESULTS",
+                        help="only redraw --plot from a results file (e.g. fidelity.json)")
     args = parser.parse_args()
+    if args.replot:
+        import json
+        from pathlib import Path
+
+        path = Path(args.replot)
+        if not path.is_absolute() and not path.exists():
+            path = Path(__file__).parent / "results" / path
+        plot(json.loads(path.read_text())["summary"], args.plot or "fidelity.png")
+        return
 
     import numba
 
@@ -157,10 +188,16 @@ def main() -> None:
                 exact_seconds = time.perf_counter() - start
                 exact_rows = nlattn.attention_rows(q, q, positions, "exact", scale=beta)
                 support = 1.0 / (exact_rows.reshape(N_QUERIES, -1).astype(np.float64) ** 2).sum(1)
-                runs = [(b, cfg) for b in budgets for cfg in configurations(b)]
+                if args.shares is None:
+                    runs = [(b, cfg) for b in budgets
+                            for cfg in configurations(b, FEATURE_SHARE[temperature])]
+                else:
+                    shares = [float(x) for x in args.shares.split(",")]
+                    runs = [(b, cfg) for b in budgets for index, share in enumerate(shares)
+                            for cfg in configurations(b, share, f"@{share:g}", index == 0)]
                 runs += [(None, cfg) for cfg in FIXED]
                 for budget, (label, method, params) in runs:
-                    if wanted is not None and label not in wanted:
+                    if wanted is not None and label.split("@")[0] not in wanted:
                         continue
                     if method not in nlattn.METHODS:
                         continue
@@ -263,8 +300,9 @@ def plot(summary: list[dict], path: str) -> None:
             if col == 0:
                 ax.set_ylabel("relative output error vs exact")
             ax.grid(True, which="both", alpha=0.3)
-    axes[0, -1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
 
 
