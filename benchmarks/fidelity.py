@@ -15,11 +15,11 @@ method gains from reproducing a constant.
 
 Budgets: every method gets the same number of non-zeros plus random features per row, ``B``:
 
-- ``local``: the (2r+1)^2 <= B window;  ``scram``: k <= 128 matches with 3 x 3 windows,
-  9 k <= B (5 x 5 windows and more only past B = 1152);
+- ``local``: the (2r+1)^2 <= B window;  ``scram``: the B best keys alone up to B = 64,
+  beyond k <= 128 matches with 3 x 3 windows, 9 k <= B (wider windows past B = 1152);
 - ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
 - ``scatterbrain``: m = share x B features plus a support of B - m keys: a (2r+1)^2 local window,
-  LSH buckets or the PatchMatch support (as ``scram``).  The share is set per temperature
+  LSH buckets (2 rounds, as ``lsh``) or the PatchMatch support (as ``scram``).  The share is set per temperature
   (:data:`FEATURE_SHARE`: 1/8 peaked, 1/4 medium, 3/4 diffuse, growing with the number of keys
   a row's mass spreads over): the sparse part is worth its keys only where the mass it can
   hold is large.  ``--shares 0.125,0.25,0.5,0.75`` runs every share at every temperature
@@ -49,7 +49,10 @@ TEMPERATURES = (("peaked", 64.0), ("medium", 16.0), ("diffuse", 4.0))
 #: Scatterbrain's share of the budget spent on random features, per temperature (the rest buys
 #: support keys): chosen from the ``--shares`` sweep, recorded in results/fidelity_shares.json.
 FEATURE_SHARE = {"peaked": 0.125, "medium": 0.25, "diffuse": 0.75}
-#: Most PatchMatch matches per query in a budgeted support (larger supports widen the windows).
+#: Budgets up to this many keys are spent on a PatchMatch support of the best keys alone.
+TOP_MATCHES = 64
+#: Most PatchMatch matches per query in a larger budgeted support (3 x 3 windows around each,
+#: wider windows past 9 x MAX_MATCHES keys).
 MAX_MATCHES = 128
 NORM_FLOOR = 0.02
 N_QUERIES = 64
@@ -73,8 +76,11 @@ def window_radius_for(budget: int) -> int:
 
 
 def matches_for(budget: int) -> dict:
-    """PatchMatch support within ``budget``: k <= MAX_MATCHES matches with the smallest
-    (2r+1)^2 windows (r >= 1) such that k (2r+1)^2 <= budget."""
+    """PatchMatch support within ``budget``: the ``budget`` best keys alone (r = 0) up to
+    :data:`TOP_MATCHES`; beyond, k <= MAX_MATCHES matches with the smallest (2r+1)^2 windows
+    (r >= 1) such that k (2r+1)^2 <= budget (PatchMatch's cost grows with k)."""
+    if budget <= TOP_MATCHES:
+        return {"k": max(1, budget), "window_radius": 0}
     radius = 1
     while budget // (2 * radius + 1) ** 2 > MAX_MATCHES:
         radius += 1
@@ -99,7 +105,8 @@ def configurations(budget: int, share: float, suffix: str = "",
          {"support": "local", "window_radius": window_radius_for(sparse),
           "n_features": n_features}),
         ("scatterbrain-lsh" + suffix, "scatterbrain",
-         {"support": "lsh", "n_hashes": 1, "bucket_size": sparse, "n_features": n_features}),
+         {"support": "lsh", "n_hashes": 2, "bucket_size": max(1, sparse // 2),
+          "n_features": n_features}),
         ("scatterbrain-pm" + suffix, "scatterbrain",
          {"support": "patchmatch", **matches_for(sparse), "n_features": n_features}),
     ]
