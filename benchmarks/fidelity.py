@@ -18,12 +18,13 @@ Budgets: every method gets the same number of non-zeros plus random features per
 - ``local``: the (2r+1)^2 <= B window;  ``scram``: the B best keys alone up to B = 64,
   beyond k <= 128 matches with 3 x 3 windows, 9 k <= B (wider windows past B = 1152);
 - ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
-- ``scatterbrain``: m = share x B features plus a support of B - m keys: a (2r+1)^2 local window,
-  LSH buckets (2 rounds, as ``lsh``) or the PatchMatch support (as ``scram``).  The share is set per temperature
-  (:data:`FEATURE_SHARE`: 1/8 peaked, 1/4 medium, 3/4 diffuse, growing with the number of keys
-  a row's mass spreads over): the sparse part is worth its keys only where the mass it can
-  hold is large.  ``--shares 0.125,0.25,0.5,0.75`` runs every share at every temperature
-  instead (labels ``scatterbrain-pm@0.25`` etc.), the sweep the table's choice comes from;
+- ``scatterbrain``: m = share x B features plus a support of B - m keys: a (2r+1)^2 local
+  window, LSH buckets (2 rounds, as ``lsh``) or the PatchMatch support (as ``scram``).  The
+  share is set per temperature (:data:`FEATURE_SHARE`: 1/8 peaked, 1/4 medium, 3/4 diffuse,
+  growing with the number of keys a row's mass spreads over): the sparse part is worth its
+  keys only where the mass it can hold is large.  ``--shares 0.125,0.25,0.5,0.75`` runs every
+  share at every temperature instead (labels ``scatterbrain-pm@0.25`` etc.), the sweep the
+  table's choice comes from;
 - ``fast`` and ``efficient`` have no budget (their cost is fixed by d): one row per temperature.
 
 Metrics against ``exact`` (the blocked kernel): relative output error ||O' - O|| / ||O||, mean
@@ -308,7 +309,7 @@ def plot(summary: list[dict], path: str) -> None:
                 ax.set_ylabel("relative output error vs exact")
             ax.grid(True, which="both", alpha=0.3)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 9), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
 
