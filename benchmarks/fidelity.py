@@ -41,7 +41,7 @@ import math
 import time
 
 import numpy as np
-from _common import machine, median_time, set12_images, write_json
+from _common import RESULTS, machine, median_time, set12_images, write_json
 
 import nlattn
 from nlattn.metrics import relative_error, row_kl, row_total_variation
@@ -169,7 +169,7 @@ def main() -> None:
 
         path = Path(args.replot)
         if not path.is_absolute() and not path.exists():
-            path = Path(__file__).parent / "results" / path
+            path = RESULTS / path
         plot(json.loads(path.read_text())["summary"], args.plot or "fidelity.png")
         return
 
