@@ -278,3 +278,30 @@ def test_invalid_arguments_raise(kwargs, error, match):
     keys = arguments.pop("keys")
     with pytest.raises(error, match=match):
         knn_patchmatch(queries, keys, **arguments)
+
+
+def test_large_k_reads_capped_lists_and_keeps_its_recall():
+    # k above ENRICH_MATCHES: enrichment reads random windows of the lists
+    assert 48 > nlattn.patchmatch.ENRICH_MATCHES
+    queries, keys = _nlm_tokens(_textured(44, 41, seed=12))
+    field = knn_patchmatch(queries, keys, 48, seed=2)
+    _check_field(field, queries, keys, 48)
+    exact, _ = naive.topk_dot(queries, keys, 48)
+    assert _recall(field.indices, exact) >= 0.95
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        one = knn_patchmatch(queries, keys, 48, seed=2, n_threads=1)
+        np.testing.assert_array_equal(one.indices, field.indices)
+
+
+def test_enrichment_cap_changes_nothing_up_to_the_cap(monkeypatch):
+    queries, keys = _nlm_tokens(_textured(30, 29, seed=13))
+    k = nlattn.patchmatch.ENRICH_MATCHES
+    capped = knn_patchmatch(queries, keys, k, n_iters=3, n_trees=0, seed=5)
+    monkeypatch.setattr(nlattn.patchmatch, "ENRICH_MATCHES", 10 * k)
+    whole = knn_patchmatch(queries, keys, k, n_iters=3, n_trees=0, seed=5)
+    np.testing.assert_array_equal(capped.indices, whole.indices)
+    # above the cap the windows do change what is proposed
+    wider = knn_patchmatch(queries, keys, 2 * k, n_iters=1, n_trees=0, seed=5)
+    monkeypatch.setattr(nlattn.patchmatch, "ENRICH_MATCHES", k)
+    narrower = knn_patchmatch(queries, keys, 2 * k, n_iters=1, n_trees=0, seed=5)
+    assert not np.array_equal(wider.indices, narrower.indices)
