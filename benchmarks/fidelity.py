@@ -15,8 +15,8 @@ method gains from reproducing a constant.
 
 Budgets: every method gets the same number of non-zeros plus random features per row, ``B``:
 
-- ``local``: the (2r+1)^2 <= B window;  ``scram``: the B best keys alone up to B = 64,
-  beyond k <= 128 matches with 3 x 3 windows, 9 k <= B (wider windows past B = 1152);
+- ``local``: the (2r+1)^2 <= B window;  ``scram``: the B best keys alone (PatchMatch with
+  k = B, window_radius = 0: per key, a match holds far more mass than a window around one);
 - ``lsh``: n_hashes = 2 rounds of buckets of B // 2 keys;  ``performer``: B random features;
 - ``scatterbrain``: m = share x B features plus a support of B - m keys: a (2r+1)^2 local
   window, LSH buckets (2 rounds, as ``lsh``) or the PatchMatch support (as ``scram``).  The
@@ -29,7 +29,8 @@ Budgets: every method gets the same number of non-zeros plus random features per
 
 Metrics against ``exact`` (the blocked kernel): relative output error ||O' - O|| / ||O||, mean
 row total variation and KL(exact || method) over 64 sampled query pixels, and time (median of
-``--repeats``); the randomised methods are averaged over ``--seeds`` seeds.  Prints a table,
+``--repeats``, after one warm-up call of every method on a small grid, so that no time
+includes the JIT); the randomised methods are averaged over ``--seeds`` seeds.  Prints a table,
 writes ``results/<out>`` and, with ``--plot``, a figure of error against budget, one panel per
 temperature.
 """
@@ -50,11 +51,6 @@ TEMPERATURES = (("peaked", 64.0), ("medium", 16.0), ("diffuse", 4.0))
 #: Scatterbrain's share of the budget spent on random features, per temperature (the rest buys
 #: support keys): chosen from the ``--shares`` sweep, recorded in results/fidelity_shares.json.
 FEATURE_SHARE = {"peaked": 0.125, "medium": 0.25, "diffuse": 0.75}
-#: Budgets up to this many keys are spent on a PatchMatch support of the best keys alone.
-TOP_MATCHES = 64
-#: Most PatchMatch matches per query in a larger budgeted support (3 x 3 windows around each,
-#: wider windows past 9 x MAX_MATCHES keys).
-MAX_MATCHES = 128
 NORM_FLOOR = 0.02
 N_QUERIES = 64
 
@@ -77,15 +73,8 @@ def window_radius_for(budget: int) -> int:
 
 
 def matches_for(budget: int) -> dict:
-    """PatchMatch support within ``budget``: the ``budget`` best keys alone (r = 0) up to
-    :data:`TOP_MATCHES`; beyond, k <= MAX_MATCHES matches with the smallest (2r+1)^2 windows
-    (r >= 1) such that k (2r+1)^2 <= budget (PatchMatch's cost grows with k)."""
-    if budget <= TOP_MATCHES:
-        return {"k": max(1, budget), "window_radius": 0}
-    radius = 1
-    while budget // (2 * radius + 1) ** 2 > MAX_MATCHES:
-        radius += 1
-    return {"k": max(1, budget // (2 * radius + 1) ** 2), "window_radius": radius}
+    """PatchMatch support within ``budget``: the ``budget`` best keys alone (k = budget, r = 0)."""
+    return {"k": max(1, budget), "window_radius": 0}
 
 
 def configurations(budget: int, share: float, suffix: str = "",
@@ -117,6 +106,20 @@ FIXED = [("fast", "fast", {"p": 2}), ("efficient", "efficient", {})]
 
 
 RANDOMISED = ("lsh", "performer", "scatterbrain")
+
+
+def warm_up(kind: str) -> None:
+    """Compile (or load) every method's kernels on a small grid of the same types, so that no
+    timing includes the JIT."""
+    rng = np.random.default_rng(0)
+    q = tokens(rng.random((24, 24)), kind)
+    values = rng.random((24, 24, 1)).astype(np.float32)
+    positions = np.array([[3, 4]])
+    for _, method, params in configurations(16, 0.5) + FIXED + [("exact", "exact", {})]:
+        small = {key: min(value, 4) if key in ("k", "bucket_size") else value
+                 for key, value in params.items()}
+        nlattn.attention(q, q, values, method, scale=4.0, **small)
+        nlattn.attention_rows(q, q, positions, method, scale=4.0, **small)
 
 
 def measure(q, values, positions, beta, method, params, exact, exact_rows, repeats,
@@ -182,6 +185,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = []
     for kind in args.tokens.split(","):
+        warm_up(kind)
         for name in args.images.split(","):
             clean = images[name] / 255.0
             cy, cx, half_size = clean.shape[0] // 2, clean.shape[1] // 2, args.size // 2

@@ -1,8 +1,8 @@
 """SCRAM on Set12: PatchMatch recall and speed, attention fidelity, scaling (design section 6).
 
-    python benchmarks/scram.py [--sections recall,fidelity,scaling,matmul,barbara]
+    python benchmarks/scram.py [--sections recall,fidelity,scaling,matmul,barbara,largek]
         [--images 09,10] [--n-iters 1,2,3,4,6] [--n-trees 0,8] [--sizes 64,128,256,512,1024]
-        [--exact-max 256] [--repeats 3] [--threads 2] [--out scram.json]
+        [--exact-max 256] [--ks 16,32,64,128,256] [--repeats 3] [--threads 2] [--out scram.json]
 
 --out names a file in benchmarks/results/.
 
@@ -30,6 +30,11 @@ matmul    ``exact`` at n = 128^2, d = dv = 64 (random tokens): its flop rate (4 
           4096^3 float32 numpy matmul in the same run.
 barbara   ``nl_means(method="scram")`` against the windowed ``nlm`` preset on Barbara (Set12 09),
           sigma = 25.
+largek    Time and recall@k of ``knn_patchmatch(q, q, k)`` for each of ``--ks`` on the unit,
+          centred 5x5 patch vectors of 128x128 centre crops of ``--fidelity-images`` (the
+          tokens of ``fidelity.py``, self kept), against the exact top-k of every query (BLAS
+          products); with enrichment reading whole lists (``ENRICH_MATCHES`` set to k) and
+          capped lists (the default) in the same run.
 """
 
 from __future__ import annotations
@@ -262,6 +267,42 @@ def section_barbara(images, args) -> dict:
     return out
 
 
+def section_largek(images, args) -> dict:
+    from fidelity import tokens
+    from scatterbrain_oracle import exact_top
+
+    import nlattn.patchmatch as patchmatch
+
+    cap = patchmatch.ENRICH_MATCHES
+    out = {}
+    try:
+        for name in args.fidelity_images:
+            clean = images[name] / 255.0
+            cy, cx = clean.shape[0] // 2, clean.shape[1] // 2
+            q = tokens(clean[cy - 64: cy + 64, cx - 64: cx + 64], "patch")
+            top = exact_top(q.reshape(-1, q.shape[2]), max(args.ks))
+            for k in args.ks:
+                for label, limit in (("capped", cap), ("whole lists", k)):
+                    if label == "whole lists" and k <= cap:
+                        continue
+                    patchmatch.ENRICH_MATCHES = limit
+
+                    def run(q=q, k=k):
+                        return knn_patchmatch(q, q, k, exclude_self=False)
+
+                    run()
+                    seconds, field = median_time(run, args.repeats)
+                    found = field.indices.reshape(-1, k)
+                    recall = float(np.mean([np.intersect1d(found[i], top[i, :k]).size / k
+                                            for i in range(found.shape[0])]))
+                    out[f"{name} k={k} {label}"] = {"seconds": seconds, "recall": recall}
+                    print(f"largek {name} k={k:4d} {label:11s} {seconds:7.3f} s "
+                          f"recall@k {recall:.4f}", flush=True)
+    finally:
+        patchmatch.ENRICH_MATCHES = cap
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="recall,fidelity,scaling,matmul,barbara")
@@ -271,6 +312,7 @@ def main() -> None:
     parser.add_argument("--n-trees", default="0,8")
     parser.add_argument("--sizes", default="64,128,256,512,1024")
     parser.add_argument("--exact-max", type=int, default=256)
+    parser.add_argument("--ks", default="16,32,64,128,256")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="scram.json")
@@ -280,6 +322,7 @@ def main() -> None:
     args.n_iters = [int(v) for v in args.n_iters.split(",")]
     args.n_trees = [int(v) for v in args.n_trees.split(",")]
     args.sizes = [int(v) for v in args.sizes.split(",")]
+    args.ks = [int(v) for v in args.ks.split(",")]
     import numba
 
     numba.set_num_threads(args.threads)
@@ -296,6 +339,8 @@ def main() -> None:
             results["matmul"] = section_matmul(args)
         elif section == "barbara":
             results["barbara"] = section_barbara(images, args)
+        elif section == "largek":
+            results["largek"] = section_largek(images, args)
         else:
             raise SystemExit(f"unknown section {section!r}")
     print(f"JSON: {write_json(args.out, results)}")
