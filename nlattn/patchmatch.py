@@ -579,18 +579,18 @@ def knn_patchmatch(
     ``O(k)``: ``O(n_iters n (c**2 + k) (d + k))`` time in the worst case for ``n = H W``
     pixels, and ``O(n (k + d))`` memory (about ``40 n k`` bytes).  Candidates whose sources have
     not changed since they were last proposed are skipped, so iterations get cheaper as the
-    field settles.  The cap changes nothing up to ``k = 32``; beyond, it trades a little recall
-    for time that grows about linearly in ``k`` instead of quadratically: on 128 x 128 unit
-    5 x 5 patch vectors (2 cores), ``k = 256`` takes 1.2-1.3 s at a recall@256 of 0.98-0.99,
-    where reading whole lists takes 12-14 s for 0.9998-1.0 (``k = 64``: 0.43-0.45 s and
-    0.985-0.992, against 0.92-0.99 s and 0.997-0.999; ``benchmarks/scram.py``, section
-    ``largek``).  On 512 x 512 patch vectors a default run
-    scores about 1500 candidates a pixel in all, against ``n = 262144`` for brute force
-    (``O(n**2 d)``), and takes about 2.5 s on 2 cores (one iteration: 1.8 s); exact top-16
-    by ``faiss.IndexFlatL2`` takes 38-67 s there, by NumPy (BLAS products and
-    ``argpartition``) 550-740 s.  Each sweep reads the previous field as a read-only
-    snapshot and all randomness is a hash of ``(seed, pixel, pass, trial)``, so the same seed
-    gives the same field at any thread count.
+    field settles.  The cap changes no field up to ``k = 32`` (the window bookkeeping costs
+    about 5 %: 2.22-2.25 s against 2.10-2.15 s at 512 x 512, ``k = 16``); beyond, it trades a
+    little recall for time that grows about linearly in ``k`` instead of quadratically: on 128 x
+    128 unit 5 x 5 patch vectors (2 cores), ``k = 256`` takes 1.2-1.3 s at a recall@256 of
+    0.98-0.99, where reading whole lists takes 12-14 s for 0.9998-1.0 (``k = 64``: 0.43-0.45 s
+    and 0.985-0.992, against 0.92-0.99 s and 0.997-0.999; ``benchmarks/scram.py``, section
+    ``largek``).  On 512 x 512 patch vectors a default run scores about 1500 candidates a pixel
+    in all, against ``n = 262144`` for brute force (``O(n**2 d)``), and takes about 2.5 s on 2
+    cores (one iteration: 1.8 s); exact top-16 by ``faiss.IndexFlatL2`` takes 38-67 s there, by
+    NumPy (BLAS products and ``argpartition``) 550-740 s.  Each sweep reads the previous field
+    as a read-only snapshot and all randomness is a hash of ``(seed, pixel, pass, trial)``, so
+    the same seed gives the same field at any thread count.
 
     References
     ----------
