@@ -27,6 +27,12 @@ def set12_images() -> dict[str, np.ndarray]:
     }
 
 
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The ``size x size`` centre crop of ``image`` (a view)."""
+    cy, cx, half = image.shape[0] // 2, image.shape[1] // 2, size // 2
+    return image[cy - half: cy + half, cx - half: cx + half]
+
+
 def add_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """Design section 6: Gaussian noise from ``default_rng(seed)``, no clipping."""
     return clean + np.random.default_rng(seed).normal(0.0, sigma, clean.shape)

@@ -42,7 +42,7 @@ import math
 import time
 
 import numpy as np
-from _common import RESULTS, machine, median_time, set12_images, write_json
+from _common import RESULTS, centre_crop, machine, median_time, set12_images, write_json
 
 import nlattn
 from nlattn.metrics import relative_error, row_kl, row_total_variation
@@ -187,9 +187,7 @@ def main() -> None:
     for kind in args.tokens.split(","):
         warm_up(kind)
         for name in args.images.split(","):
-            clean = images[name] / 255.0
-            cy, cx, half_size = clean.shape[0] // 2, clean.shape[1] // 2, args.size // 2
-            crop = clean[cy - half_size: cy + half_size, cx - half_size: cx + half_size]
+            crop = centre_crop(images[name] / 255.0, args.size)
             q = tokens(crop, kind)
             values = (crop - crop.mean())[:, :, None].astype(np.float32)
             positions = np.stack([rng.integers(0, args.size, N_QUERIES),

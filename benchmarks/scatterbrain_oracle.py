@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import machine, set12_images, write_json
+from _common import centre_crop, machine, set12_images, write_json
 from fidelity import tokens
 
 import nlattn
@@ -58,9 +58,7 @@ def main() -> None:
     rows = []
     try:
         for name in args.images.split(","):
-            clean = images[name] / 255.0
-            cy, cx = clean.shape[0] // 2, clean.shape[1] // 2
-            crop = clean[cy - 64: cy + 64, cx - 64: cx + 64]
+            crop = centre_crop(images[name] / 255.0, 128)
             q = tokens(crop, "patch")
             height, width, _ = q.shape
             values = (crop - crop.mean())[:, :, None].astype(np.float32)

@@ -44,10 +44,11 @@ import math
 import time
 
 import numpy as np
-from _common import add_noise, machine, median_time, psnr, set12_images, write_json
+from _common import add_noise, centre_crop, machine, median_time, psnr, set12_images, write_json
 
 import nlattn
 from nlattn.features import augmented_tokens, extract_patches, pca_reduce
+from nlattn.metrics import recall_at_k
 from nlattn.patchmatch import knn_patchmatch
 
 
@@ -165,9 +166,7 @@ def section_fidelity(images, args) -> dict:
                ("scram", {"k": 16, "window_radius": 1, "local_radius": 3})]
     rng = np.random.default_rng(1)
     for index, name in enumerate(args.fidelity_images):
-        clean = images[name]
-        cy, cx = clean.shape[0] // 2, clean.shape[1] // 2
-        crop = add_noise(clean, sigma, seed=index)[cy - 64 : cy + 64, cx - 64 : cx + 64]
+        crop = centre_crop(add_noise(images[name], sigma, seed=index), 128)
         values = (crop - crop.mean())[:, :, None].astype(np.float32)
         positions = np.stack([rng.integers(0, 128, 64), rng.integers(0, 128, 64)], axis=1)
         for label, h in (("peaked", sigma), ("medium", 2 * sigma), ("diffuse", 4 * sigma)):
@@ -277,9 +276,7 @@ def section_largek(images, args) -> dict:
     out = {}
     try:
         for name in args.fidelity_images:
-            clean = images[name] / 255.0
-            cy, cx = clean.shape[0] // 2, clean.shape[1] // 2
-            q = tokens(clean[cy - 64: cy + 64, cx - 64: cx + 64], "patch")
+            q = tokens(centre_crop(images[name] / 255.0, 128), "patch")
             top = exact_top(q.reshape(-1, q.shape[2]), max(args.ks))
             for k in args.ks:
                 for label, limit in (("capped", cap), ("whole lists", k)):
@@ -292,9 +289,7 @@ def section_largek(images, args) -> dict:
 
                     run()
                     seconds, field = median_time(run, args.repeats)
-                    found = field.indices.reshape(-1, k)
-                    recall = float(np.mean([np.intersect1d(found[i], top[i, :k]).size / k
-                                            for i in range(found.shape[0])]))
+                    recall = recall_at_k(field.indices.reshape(-1, k), top, k)
                     out[f"{name} k={k} {label}"] = {"seconds": seconds, "recall": recall}
                     print(f"largek {name} k={k:4d} {label:11s} {seconds:7.3f} s "
                           f"recall@k {recall:.4f}", flush=True)

@@ -151,6 +151,14 @@ def _window_start(seed, i, counter, length, count):
 
 
 @jit
+def _cyclic(start, e, length):
+    """Slot ``e`` of the cyclic window that starts at ``start`` in ``length`` slots
+    (``0 <= start, e < length``)."""
+    slot = start + e
+    return slot - length if slot >= length else slot
+
+
+@jit
 def _init_pixel(query, keys, i, exclude_self, scale, seed, scores, ids, tags):
     """``min(k, keys available)`` distinct random keys: random draws, then a scan if needed."""
     k = scores.shape[0]
@@ -226,9 +234,7 @@ def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, excl
         if enrich:  # start loading the lists that enrichment will read
             f_start = _window_start(seed, i, base | _FORWARD_ROUND, k, cap)
             for e in range(cap):
-                t = f_start + e
-                if t >= k:
-                    t -= k
+                t = _cyclic(f_start, e, k)
                 j = ids[t]
                 if j >= 0 and (tags[t] >= fresh_enrich or old_mod[j] >= fresh_enrich):
                     prefetch_row(old_ids, j)
@@ -238,9 +244,7 @@ def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, excl
             take = min(r_n, cap)
             start = _window_start(seed, i, base | _REVERSE_ROUND, r_n, take)
             for e in range(take):
-                slot = r0 + start + e
-                if slot >= r0 + r_n:
-                    slot -= r_n
+                slot = r0 + _cyclic(start, e, r_n)
                 v = rev_ids[slot]
                 if rev_tags[slot] >= fresh_enrich or old_mod[v] >= fresh_enrich:
                     prefetch_row(old_ids, v)
@@ -275,9 +279,7 @@ def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, excl
                     u0 = _window_start(seed, i, base | (_FORWARD_ROUND - np.uint64(1 + t)), k,
                                        cap)
                     for e in range(cap):
-                        u = u0 + e
-                        if u >= k:
-                            u -= k
+                        u = _cyclic(u0, e, k)
                         m = j_ids[u]
                         if m < 0 or not (j_new or j_tags[u] >= fresh_enrich):
                             continue
@@ -299,18 +301,14 @@ def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, excl
                 v_tags = old_tags[v]
                 u0 = _window_start(seed, i, base | (_COCITED_ROUND - np.uint64(1 + t)), k, cap)
                 for e in range(cap):
-                    u = u0 + e
-                    if u >= k:
-                        u -= k
+                    u = _cyclic(u0, e, k)
                     m = v_ids[u]
                     if m < 0 or not (v_new or v_tags[u] >= fresh_enrich):
                         continue
                     n = _gather(exclude_self, i, m, buf, n)
             # reverse: the pixels that have me among their matches, and their matches
             for e in range(take):
-                slot = r0 + start + e
-                if slot >= r0 + r_n:
-                    slot -= r_n
+                slot = r0 + _cyclic(start, e, r_n)
                 v = rev_ids[slot]
                 v_new = rev_tags[slot] >= fresh_enrich
                 if v_new:
@@ -321,9 +319,7 @@ def _sweep_line(queries, keys, height, width, line, kind, enrich, n_search, excl
                 v_tags = old_tags[v]
                 u0 = _window_start(seed, i, base | (_REVERSE_ENTRY_ROUND - np.uint64(e)), k, cap)
                 for e2 in range(cap):
-                    u = u0 + e2
-                    if u >= k:
-                        u -= k
+                    u = _cyclic(u0, e2, k)
                     m = v_ids[u]
                     if m < 0 or not (v_new or v_tags[u] >= fresh_enrich):
                         continue
