@@ -278,16 +278,21 @@ def _top_keys(name: str, array: np.ndarray, k: int) -> list[np.ndarray]:
             )
         # index lists, best first, -1 for empty slots (KnnField.indices reshaped to (n, k))
         return [np.unique(row[:k][row[:k] >= 0]) for row in array]
-    if array.ndim < 2:
-        raise ValueError(f"{name} as rows must have shape (m, ...), got shape {array.shape}")
-    flat = array.reshape(array.shape[0], -1).astype(np.float64)
-    if not np.isfinite(flat).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    flat = _float_rows(name, array)
     tops = []
     for row in flat:
         order = np.argsort(-row, kind="stable")[:k]  # ties: the smaller index first
         tops.append(np.sort(order[row[order] > 0]))  # keys with zero weight are not found
     return tops
+
+
+def _float_rows(name: str, array: np.ndarray) -> np.ndarray:
+    if array.ndim < 2:
+        raise ValueError(f"{name} as rows must have shape (m, ...), got shape {array.shape}")
+    flat = array.reshape(array.shape[0], -1).astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return flat
 
 
 def recall_at_k(
@@ -320,7 +325,14 @@ def recall_at_k(
         approximation's, averaged over rows.  Keys of zero weight are never top keys (a sparse
         row with fewer than k non-zeros offers only those), so ``|R| < k`` when the reference
         has fewer than k non-zero entries; rows whose reference has no key get NaN and are
-        left out of the mean.  Ties at the k-th place are broken by the smaller key index.
+        left out of the mean.
+
+        Ties: when the reference is given as rows, a found key counts when its reference
+        weight reaches the k-th largest one, so any k of many keys tied at the top (a flat sky,
+        duplicated tokens) are a perfect answer; hits are ``|{a in A : r_a >= r_(k)}|``, at
+        most ``|R|``.  The approximation's own ties at its k-th place, and the reference's
+        when it is given as index lists (it has no weights to compare), are broken by the
+        smaller key index, the order of :func:`nlattn.knn_patchmatch`.
 
     Raises
     ------
@@ -353,10 +365,17 @@ def recall_at_k(
         )
     found = _top_keys("rows_or_indices", approx, k)
     wanted = _top_keys("reference", ref, k)
+    weights = None if np.issubdtype(ref.dtype, np.integer) else _float_rows("reference", ref)
     recall = np.full(len(wanted), np.nan)
     for i, (a, r) in enumerate(zip(found, wanted, strict=True)):
-        if r.size:
-            recall[i] = np.intersect1d(a, r, assume_unique=True).size / r.size
+        if not r.size:
+            continue
+        if weights is None:
+            hits = np.intersect1d(a, r, assume_unique=True).size
+        else:
+            a = a[a < weights.shape[1]]
+            hits = min(r.size, int((weights[i, a] >= weights[i, r].min()).sum()))
+        recall[i] = hits / r.size
     if per_row:
         return recall
     if np.isnan(recall).all():

@@ -466,30 +466,50 @@ def kept_basis(x, y, drop_relative=1e-7):
     return v[:, e > drop_relative * max(e.max(), 1e-300)]
 
 
-def balanced_tokens(queries, keys, scale, drop_relative=1e-7):
+def _range_basis(moments, rank_relative=1e-10):
+    e, v = np.linalg.eigh((moments + moments.T) / 2)
+    if not e.size or e.max() <= 0:
+        return v[:, :0]
+    return v[:, e > rank_relative * e.max()]
+
+
+def _ridged_sqrtm(matrix, ridge_relative, power=0.5):
+    e, v = np.linalg.eigh((matrix + matrix.T) / 2)
+    e = np.maximum(e, ridge_relative * max(e.max(), 1e-300))
+    return (v * e**power) @ v.T
+
+
+def balanced_tokens(queries, keys, scale, drop_relative=1e-7, rank_relative=1e-10,
+                    ridge_relative=1e-6):
     """The exact rewriting of the scores by centring and balancing.
 
-    Returns ``(x, y, u, beta)`` with ``scale q_i.k_j = x_i.y_j + u_j + beta_i``: ``x = sqrt(scale)
-    A (q - mean q)``, ``y = sqrt(scale) A^-1 (k - mean k)``, ``A^2`` the geometric mean of
-    ``C_q^-1`` and ``C_k`` (second moments), directions with energy below ``drop_relative`` of
-    the largest projected out; ``u_j = scale mean(q).k_j`` and ``beta_i = scale (q_i -
-    mean q).mean(k)``.
+    Returns ``(x, y, u, beta)`` with ``scale q_i.k_j = x_i.y_j + u_j + beta_i``: on the
+    orthonormal basis ``B`` of the range of the keys' second moment inside the range of the
+    queries' (eigenvalues above ``rank_relative`` of the largest), ``x = sqrt(scale) (q - mean
+    q) B A``, ``y = sqrt(scale) (k - mean k) B A^-1``, ``A^2`` the geometric mean of ``C_x^-1``
+    and ``C_y`` (second moments on ``B``, each floored at ``ridge_relative`` of its largest
+    eigenvalue), directions with energy below ``drop_relative`` of the largest projected out;
+    ``u_j = scale mean(q).k_j`` and ``beta_i = scale (q_i - mean q).mean(k)``.  ``x`` and ``y``
+    are returned in the original ``d`` coordinates (times ``B^T``).
     """
     d = queries.shape[-1]
     q = np.asarray(queries, np.float64).reshape(-1, d)
     k = np.asarray(keys, np.float64).reshape(-1, d)
     qm, km = q.mean(axis=0), k.mean(axis=0)
     qc, kc = q - qm, k - km
-    cq = qc.T @ qc / len(q) + 1e-12 * np.trace(qc.T @ qc / len(q)) / d * np.eye(d)
-    ck = kc.T @ kc / len(k) + 1e-12 * np.trace(kc.T @ kc / len(k)) / d * np.eye(d)
-    root = _sqrtm(cq)
-    inv_root = np.linalg.inv(root)
-    geometric = inv_root @ _sqrtm(root @ ck @ root) @ inv_root
-    a = _sqrtm(geometric)
-    a_inv = np.linalg.inv(a)
-    x, y = qc @ a, kc @ a_inv
+    in_q = _range_basis(qc.T @ qc / len(q), rank_relative)
+    kq = kc @ in_q
+    basis = in_q @ _range_basis(kq.T @ kq / len(k), rank_relative)
+    qb, kb = qc @ basis, kc @ basis
+    cx, cy = qb.T @ qb / len(q), kb.T @ kb / len(k)
+    root = _ridged_sqrtm(cx, ridge_relative)
+    inv_root = _ridged_sqrtm(cx, ridge_relative, -0.5)
+    middle = _sqrtm(root @ _ridged_sqrtm(cy, ridge_relative, 1.0) @ root)
+    a = _sqrtm(inv_root @ middle @ inv_root)
+    a_inv = np.linalg.inv(a) if a.size else a
+    x, y = qb @ a, kb @ a_inv
     keep = kept_basis(x, y, drop_relative)
-    x, y = x @ keep @ keep.T, y @ keep @ keep.T
+    x, y = x @ keep @ keep.T @ basis.T, y @ keep @ keep.T @ basis.T
     u = scale * (k @ qm)
     beta = scale * (q @ km - qm @ km)
     return np.sqrt(scale) * x, np.sqrt(scale) * y, u, beta

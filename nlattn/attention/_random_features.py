@@ -80,6 +80,17 @@ FEATURE_STREAM = 0x5CA77E
 #: Directions of the balanced tokens holding less than this fraction of the largest energy are
 #: dropped (their contribution to the scores is below float32 rounding).
 DROP_RELATIVE = 1e-7
+#: Directions along which the centred queries (or keys) have less than this fraction of their
+#: largest second moment are taken as constant: a spread below ``sqrt(RANK_RELATIVE)`` = 1e-5 of
+#: the largest is float32 rounding of the computation that made the tokens (per-patch centring
+#: leaves 1e-6 along the all-ones direction, for instance).
+RANK_RELATIVE = 1e-10
+#: Ridge of the balancing (a fraction of the largest second moment added to both sides before
+#: the geometric mean): it bounds the condition number of ``A`` by ``RIDGE_RELATIVE ** -0.25``,
+#: which keeps the matrix square roots accurate.  Any invertible ``A`` rewrites the scores
+#: exactly; the ridge only makes ``A`` slightly less than variance-optimal along directions
+#: that carry almost no energy.
+RIDGE_RELATIVE = 1e-6
 #: Tokens per work item of the parallel loops (fixed: results do not depend on the threads).
 CHUNK = 2048
 
@@ -344,16 +355,17 @@ def stored_key_sums(phi, values, chunk, z, kv):
 
 def _geometric_mean_root(cq: np.ndarray, ck: np.ndarray) -> np.ndarray:
     """Symmetric ``A`` with ``A^2 = C_q^-1 # C_k`` (minimiser of ``tr(A C_q A) + tr(A^-1 C_k
-    A^-1)``); ``C_q``, ``C_k`` regularised by a tiny multiple of their trace."""
-    d = cq.shape[0]
-    eye = np.eye(d)
-    cq = cq + (1e-12 * np.trace(cq) / d) * eye
-    ck = ck + (1e-12 * np.trace(ck) / d) * eye
-    e, v = np.linalg.eigh(cq)
-    e = np.maximum(e, np.finfo(np.float64).tiny)
+    A^-1)``), both sides ridged by :data:`RIDGE_RELATIVE` of their largest eigenvalue."""
+
+    def floored(matrix):
+        e, v = np.linalg.eigh((matrix + matrix.T) / 2)
+        return np.maximum(e, RIDGE_RELATIVE * max(e.max(), np.finfo(np.float64).tiny)), v
+
+    e, v = floored(cq)
     root = (v * np.sqrt(e)) @ v.T
     inv_root = (v / np.sqrt(e)) @ v.T
-    inner = root @ ck @ root
+    e, v = floored(ck)
+    inner = root @ ((v * e) @ v.T) @ root
     e, v = np.linalg.eigh((inner + inner.T) / 2)
     inner_root = (v * np.sqrt(np.maximum(e, 0.0))) @ v.T
     mean = inv_root @ inner_root @ inv_root
@@ -362,14 +374,38 @@ def _geometric_mean_root(cq: np.ndarray, ck: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(e)) @ v.T
 
 
+def _range(moments: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (columns) of the eigenvectors of the symmetric ``moments`` whose
+    eigenvalue exceeds :data:`RANK_RELATIVE` of the largest; no column when it is zero."""
+    e, v = np.linalg.eigh((moments + moments.T) / 2)
+    if not e.size or e.max() <= 0.0:
+        return v[:, :0]
+    return v[:, e > RANK_RELATIVE * e.max()]
+
+
+def shared_basis(cq: np.ndarray, ck: np.ndarray) -> np.ndarray:
+    """Orthonormal basis ``B`` (d, s) of the directions that carry the centred scores.
+
+    The centred queries lie in the range of ``C_q``, so only the keys' component there counts;
+    ``B`` spans the range of the keys' second moment within it (both with :data:`RANK_RELATIVE`),
+    and ``(q - c).(k - c') = (q - c) B . (k - c') B`` for every pair.  On that basis both
+    second moments are positive definite, which the balancing needs: rank-deficient tokens
+    (per-patch centred patches, a constant coordinate, padding) would otherwise make it
+    divide rounding errors by zero.
+    """
+    in_queries = _range(cq)
+    return in_queries @ _range(in_queries.T @ ck @ in_queries)
+
+
 def score_maps(queries: np.ndarray, keys: np.ndarray, scale: float):
     """The exact rewriting of the scores (module docstring, steps 1-3), without randomness.
 
     Parameters are flat ``(n, d)`` float32 C-contiguous arrays.  Returns ``(query_mean,
     key_mean, query_map, key_map, key_weight, query_offset, offset)`` (float64; the maps are
-    ``(d, d)``: ``sqrt(scale) A P`` and ``sqrt(scale) A^-1 P`` with ``P`` the orthogonal projector
-    onto the directions kept, zero when every score is a function of the key alone), ``P`` and
-    the mean energy ``E|x|^2 + E|y|^2`` of the rewritten tokens.
+    ``(d, d)``: ``sqrt(scale) B A P B^T`` and ``sqrt(scale) B A^-1 P B^T`` with ``B`` the
+    :func:`shared_basis` and ``P`` the orthogonal projector onto the balanced directions kept,
+    zero when every score is a function of the key alone), the projector ``B P B^T`` and the
+    mean energy ``E|x|^2 + E|y|^2`` of the rewritten tokens.
     """
     n, d = queries.shape
     query_mean = np.empty(d)
@@ -380,15 +416,19 @@ def score_maps(queries: np.ndarray, keys: np.ndarray, scale: float):
     ck = np.empty((d, d))
     _centred_moments(queries, query_mean, CHUNK, cq)
     _centred_moments(keys, key_mean, CHUNK, ck)
-    if np.trace(cq) > 0 and np.trace(ck) > 0:
-        a = _geometric_mean_root(cq, ck)
+    basis = shared_basis(cq, ck)
+    if basis.shape[1]:
+        cx = basis.T @ cq @ basis
+        cy = basis.T @ ck @ basis
+        a = _geometric_mean_root(cx, cy)
         a_inv = np.linalg.inv(a)
-        balanced = a @ cq @ a + a_inv @ ck @ a_inv
+        balanced = a @ cx @ a + a_inv @ cy @ a_inv
         e, v = np.linalg.eigh((balanced + balanced.T) / 2)
         keep = v[:, e > DROP_RELATIVE * e.max()]
-        projector = keep @ keep.T  # onto the directions kept (independent of eigh's signs)
-        query_map = a @ projector
-        key_map = a_inv @ projector
+        kept = keep @ keep.T  # onto the directions kept (independent of eigh's signs)
+        projector = basis @ kept @ basis.T
+        query_map = basis @ a @ kept @ basis.T
+        key_map = basis @ a_inv @ kept @ basis.T
         energy = scale * float(np.trace(query_map.T @ cq @ query_map)
                                + np.trace(key_map.T @ ck @ key_map))
     else:  # queries or keys all equal: the scores depend on the key alone

@@ -79,9 +79,10 @@ def _performer_attend(queries, mean, token_map, projections, z, kv, mean_value, 
 
 @jit(parallel=True)
 def _performer_rows(phi_q, keys, mean, token_map, projections, key_weight, shift, chunk, out):
-    """Unnormalised rows ``out[r, j] = phi~(q_r).phi~(k_j)`` (rows, n) float32 for the query
+    """Unnormalised rows ``out[r, j] = phi~(q_r).phi~(k_j)`` (rows, n) float64 for the query
     features ``phi_q`` (rows, m) float64, the key features computed on the fly per chunk of
-    keys; returns the row sums (float64, reduced in chunk order)."""
+    keys; returns the row sums (float64, reduced in chunk order).  Float64, because a row's
+    entries can all lie below float32's range while its sum is still positive."""
     n, d = keys.shape
     n_rows, m = phi_q.shape
     n_chunks = (n + chunk - 1) // chunk
@@ -96,7 +97,7 @@ def _performer_rows(phi_q, keys, mean, token_map, projections, key_weight, shift
                                     centred, mapped, phi)
             for r in range(n_rows):
                 value = rf.dot(phi_q[r], phi)
-                out[r, j] = np.float32(value)
+                out[r, j] = value
                 part[r] += value
     totals = np.zeros(n_rows)
     for c in range(n_chunks):
@@ -170,19 +171,21 @@ def rows(queries: np.ndarray, keys: np.ndarray, positions: np.ndarray, scale: fl
     fmap = rf.feature_map(q, k, scale, n_features, seed)
     shift = rf.key_shift(k, fmap, n_features)
     phi_q, _ = selected_query_features(queries, positions, fmap, n_features)
-    out = np.empty((positions.shape[0], n), np.float32)
+    weights = np.empty((positions.shape[0], n))
     if positions.shape[0]:
         totals = _performer_rows(phi_q, k, fmap.key_mean, fmap.key_map, fmap.projections,
-                                 fmap.key_weight, shift, rf.CHUNK, out)
-        normalise_rows(out, totals)
-    return out.reshape(-1, height, width)
+                                 fmap.key_weight, shift, rf.CHUNK, weights)
+        normalise_rows(weights, totals)
+    return weights.astype(np.float32).reshape(-1, height, width)
 
 
-def normalise_rows(out: np.ndarray, totals: np.ndarray) -> None:
-    """Divide each row of ``out`` (rows, n) float32 by its total in place; a row whose total is
-    not positive becomes uniform."""
-    for r, total in enumerate(totals):
-        if total > 0.0:
-            out[r] *= np.float32(1.0 / total)
+def normalise_rows(weights: np.ndarray, totals: np.ndarray) -> None:
+    """Divide each row of ``weights`` (rows, n) float64 by its total in place; a row whose
+    total is not positive (or whose reciprocal overflows) becomes uniform."""
+    with np.errstate(over="ignore", divide="ignore"):
+        inverses = 1.0 / totals
+    for r, inverse in enumerate(inverses):
+        if totals[r] > 0.0 and np.isfinite(inverse):
+            weights[r] *= inverse
         else:
-            out[r] = np.float32(1.0 / out.shape[1])
+            weights[r] = 1.0 / weights.shape[1]

@@ -201,9 +201,12 @@ def _scatterbrain_rows(queries, keys, phi_q, log_scales, phi_k, flat_positions, 
                        capacity, chunk, out):
     """Rows ``out[p]`` (n,) float32 of the flat queries ``flat_positions[p]``: exact weights on
     the support, the features' estimate elsewhere, divided by their sum.  ``phi_q`` (rows, m)
-    and ``log_scales`` (rows,) are the queries' shifted features and full log-scales."""
+    and ``log_scales`` (rows,) are the queries' shifted features and full log-scales.  A row's
+    low-rank products are kept in float64 until they are normalised: they can all lie below
+    float32's range while their sum is still positive."""
     n = phi_k.shape[0]
     n_chunks = (n + chunk - 1) // chunk
+    products_row = np.empty(n)
     support = np.empty(capacity, np.int64)
     scratch = np.empty(capacity, np.int64)
     scores = np.empty(capacity)
@@ -220,7 +223,7 @@ def _scatterbrain_rows(queries, keys, phi_q, log_scales, phi_k, flat_positions, 
                 acc = 0.0
                 for f in range(phi.shape[0]):
                     acc += phi[f] * key[f]
-                row[j] = np.float32(acc)
+                products_row[j] = acc
                 total += acc
             sums[c] = total
         mass = 0.0
@@ -240,10 +243,10 @@ def _scatterbrain_rows(queries, keys, phi_q, log_scales, phi_k, flat_positions, 
         for t in range(count):
             scores[t] = math.exp(scores[t] - shift)
             total += scores[t]
-        factor = low_rank / total / mass if mass > 0.0 else 0.0
+        share = low_rank / total  # of the row, off the support: each product / mass of it
         for c in prange(n_chunks):
             for j in range(c * chunk, min(n, (c + 1) * chunk)):
-                row[j] = np.float32(row[j] * factor)
+                row[j] = np.float32(products_row[j] / mass * share) if share > 0.0 else 0.0
         for t in range(count):
             row[support[t]] = np.float32(scores[t] / total)
 
