@@ -378,3 +378,17 @@ def test_scatterbrain_rows_with_a_tiny_low_rank_mass_sum_to_one(seed):
                                      n_features=n_features, support="local", window_radius=0,
                                      seed=seed)
         assert_distributions(rows)
+
+
+def test_performer_output_with_a_subnormal_normaliser_is_finite():
+    # Shrunk by the suite (NLATTN_PROPERTY_EXAMPLES=600): keys of rank one (centred per token,
+    # d = 2) and scores up to 6600; a query's normaliser was subnormal, its reciprocal infinite
+    # and the output NaN.
+    rng = np.random.default_rng(11)
+    queries = (10.0 * rng.standard_normal((4, 5, 2))).astype(np.float32)
+    keys = (100.0 * rng.standard_normal((4, 5, 1)) * np.array([-1.0, 1.0])).astype(np.float32)
+    values = (1e-3 * rng.standard_normal((4, 5, 1))).astype(np.float32)
+    for seed in range(20):
+        out = nlattn.attention(queries, keys, values, "performer", scale=1.0, n_features=14,
+                               seed=seed)
+        assert_in_value_range(out, values)

@@ -10,11 +10,12 @@ Definition (the naive twins ``favor_estimates`` and ``weighted_attention`` in
 so the n x n matrix is never formed: one pass over the keys builds the ``m`` and ``m x dv``
 sums (float64), one pass over the queries applies them.  Every feature is positive, so each
 output is a convex combination of the values: the estimate of the normaliser can be small but
-never negative.  Query features are shifted by their own maximum and key features by one global
-maximum (log-space stabilisation); both shifts cancel in the ratio.  The denominator is
-clamped: a query whose estimated normaliser underflows to zero (its features and every key's
-differ by more than the float64 range, which takes scores beyond ~700) gets uniform weights,
-the mean of the values.
+never negative.  Key features are shifted by one global maximum (log-space stabilisation), and
+each query combines its log-features with the logs of the key sums, ``out_i = sum_f w_f
+(kv_f / z_f) / sum_f w_f`` with ``w_f = exp(log phi_f(q_i) + log z_f - max_f)``: the largest
+weight is 1, so the ratio neither underflows nor overflows however large the scores.  A query
+gets uniform weights, the mean of the values, only when no feature has any key mass (every key
+feature underflowed below the global maximum, which takes score differences beyond ~700).
 
 Good for diffuse maps, poor for peaked ones: the relative variance of one feature grows like
 ``exp(|x + y|^2)`` for the balanced tokens ``x``, ``y`` (FAVOR++'s optimal ``A`` lowers it but
@@ -22,6 +23,8 @@ does not change that), and ``|x + y|^2`` grows with the temperature.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import prange
@@ -40,37 +43,47 @@ def _clip_into(out, low, high):
 
 
 @jit(parallel=True)
-def _performer_attend(queries, mean, token_map, projections, z, kv, mean_value, low, high,
-                      chunk, out):
-    """``out[i] = phi~(q_i).kv / phi~(q_i).z`` for flat float32 ``queries`` (n, d); ``out``
-    (n, dv) float32.  ``low``/``high`` are the per-channel range of the values (the output is
-    a convex combination of them: clipping only removes rounding), ``mean_value`` their mean
-    (the output where the normaliser underflows)."""
+def _performer_attend(queries, mean, token_map, projections, log_z, kv_mean, mean_value, low,
+                      high, chunk, out):
+    """``out[i] = phi(q_i).kv / phi(q_i).z`` for flat float32 ``queries`` (n, d); ``out`` (n, dv)
+    float32.
+
+    Formed in log space: with ``l_f`` the query's log-features, ``log_z`` (m,) the log key sums
+    (``-inf`` where a feature has no key mass) and ``kv_mean`` (m, dv) = ``kv / z``, the output
+    is ``sum_f w_f kv_mean_f / sum_f w_f`` with ``w_f = exp(l_f + log z_f - max)``: the largest
+    weight is 1, so nothing underflows however far the query's features lie from the keys'.
+    ``low``/``high`` are the per-channel range of the values (the output is a convex combination
+    of them: clipping only removes rounding), ``mean_value`` their mean (the output when no
+    feature has key mass)."""
     n, d = queries.shape
-    m, dv = kv.shape
+    m, dv = kv_mean.shape
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
         centred = np.empty(d)
         mapped = np.empty(token_map.shape[1])
-        phi = np.empty(m)
+        logs = np.empty(m)
         acc = np.empty(dv)
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            rf.query_features(queries[i], mean, token_map, projections, centred, mapped, phi)
-            den = 0.0
-            acc[:] = 0.0
+            rf.log_features(queries[i], mean, token_map, projections, 0.0, centred, mapped,
+                            logs)
+            best = -np.inf
             for f in range(m):
-                p = phi[f]
-                den += p * z[f]
-                row = kv[f]
-                for a in range(dv):
-                    acc[a] += p * row[a]
-            if den > 0.0:
-                inv = 1.0 / den
-                for a in range(dv):
-                    acc[a] *= inv
-            else:  # the estimated normaliser underflowed: uniform weights
+                logs[f] += log_z[f]
+                best = max(best, logs[f])
+            if best == -np.inf:  # no feature has key mass: uniform weights
                 for a in range(dv):
                     acc[a] = mean_value[a]
+            else:
+                den = 0.0
+                acc[:] = 0.0
+                for f in range(m):
+                    w = math.exp(logs[f] - best)
+                    den += w
+                    row = kv_mean[f]
+                    for a in range(dv):
+                        acc[a] += w * row[a]
+                for a in range(dv):
+                    acc[a] /= den
             _clip_into(acc, low, high)
             o = out[i]
             for a in range(dv):
@@ -150,9 +163,13 @@ def attend(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: flo
     rf.key_sums(k, v, fmap.key_mean, fmap.key_map, fmap.projections, fmap.key_weight, shift,
                 n_features, rf.CHUNK, z, kv)
     mean_value, low, high = value_stats(values)
+    has_mass = z > 0.0
+    with np.errstate(divide="ignore"):
+        log_z = np.where(has_mass, np.log(np.where(has_mass, z, 1.0)), -np.inf)
+    kv_mean = np.where(has_mass[:, None], kv / np.where(has_mass, z, 1.0)[:, None], 0.0)
     out = np.empty((height * width, dv), np.float32)
-    _performer_attend(q, fmap.query_mean, fmap.query_map, fmap.projections, z, kv, mean_value,
-                      low, high, rf.CHUNK, out)
+    _performer_attend(q, fmap.query_mean, fmap.query_map, fmap.projections, log_z, kv_mean,
+                      mean_value, low, high, rf.CHUNK, out)
     return out.reshape(height, width, dv)
 
 
