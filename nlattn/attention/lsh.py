@@ -38,7 +38,10 @@ tie-break in ``(0, 1)`` from the extra projection.  Keys sorted by that value ar
 equal-size buckets of ``bucket_size`` (the last one may be smaller); a query belongs to the
 bucket where its own value falls among the sorted keys.  Every query thus sees ``bucket_size``
 keys per round, ``<= n_hashes * bucket_size`` in all.  With ``bucket_size >= n`` there is one
-bucket: exact attention.
+bucket: exact attention.  Ties: keys with equal sort values (duplicated or zero tokens have equal
+embeddings, hence equal values) keep their index order (a stable sort), so a bucket boundary
+that falls inside a run of equal keys puts the smaller indices in the earlier bucket; a query
+equal to them falls in the bucket where the run starts.
 
 References
 ----------
