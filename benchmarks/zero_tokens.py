@@ -13,10 +13,11 @@ zero.  A method handles zero vectors when its ``zeros`` error is no worse than `
 over ``--seeds`` seeds.
 
 Images: none of them is Set12 or was used to tune any method.  scikit-image's samples
-(``astronaut`` as the mean of its RGB channels, the case where Performer collapsed; ``page``,
-``rocket``, ``cell``, ``logo``, ``horse``, ``shepp_logan_phantom``, ``colorwheel``), cropped at
-the window of ``size x size`` with the most zero tokens on a coarse grid, and ``shapes``, a
-generated image of flat shapes, gradients and text (:func:`shapes_image`).
+(``astronaut`` as the mean of its RGB channels; ``page``, ``rocket``, ``cell``, ``logo``,
+``horse``, ``shepp_logan_phantom``, ``colorwheel``), cropped at the window of ``size x size``
+with the most zero tokens on a coarse grid (``NAME@centre``: the centre crop;
+``astronaut@centre`` is the case where Performer's output collapsed to the mean of the values),
+and ``shapes``, a generated image of flat shapes, gradients and text (:func:`shapes_image`).
 
 Prints one table (relative output error ||O' - O|| / ||O|| against ``exact``) per scale and the
 ratio of each pair; writes ``results/<out>``.
@@ -28,15 +29,15 @@ import argparse
 import time
 
 import numpy as np
-from _common import machine, write_json
+from _common import centre_crop, machine, write_json
 
 import nlattn
 from nlattn.metrics import relative_error
 
 METHODS = ("local", "scram", "performer", "lsh", "scatterbrain", "fast", "efficient")
 RANDOMISED = ("performer", "lsh", "scatterbrain")
-IMAGES = ("astronaut", "page", "rocket", "cell", "logo", "horse", "shepp_logan_phantom",
-          "colorwheel", "shapes")
+IMAGES = ("astronaut@centre", "astronaut", "page", "rocket", "cell", "logo", "horse",
+          "shepp_logan_phantom", "colorwheel", "shapes")
 NOISE = 1e-3
 
 
@@ -109,7 +110,9 @@ def richest_crop(image: np.ndarray, size: int) -> np.ndarray:
 def run(names, size, scales, seeds):
     rows = []
     for name in names:
-        crop = richest_crop(load(name), size)
+        base, _, where = name.partition("@")
+        image = load(base)
+        crop = centre_crop(image, size) if where == "centre" else richest_crop(image, size)
         tokens = patch_tokens(crop)
         zero = np.abs(tokens).max(axis=-1) == 0
         rng = np.random.default_rng(0)
