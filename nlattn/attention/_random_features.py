@@ -22,10 +22,13 @@ of every query is unchanged):
 2. **Balancing.**  For any invertible ``A``, ``x.y = (A x).(A^-T y)``.  We take the ``A`` that
    minimises ``E|A x|^2 + E|A^-T y|^2`` over the centred queries ``x`` and keys ``y`` (its square
    is the matrix geometric mean of ``C_q^-1`` and ``C_k`` [3]_, ``C`` the second-moment
-   matrices), which makes both sides equally large and so shrinks ``|x + y|^2``; it also
-   removes the directions along which either side is constant (for NLM tokens the key's
-   augmented coordinate, which the centred query never multiplies): directions of the balanced
-   tokens carrying less than :data:`DROP_RELATIVE` of the largest energy are projected out.
+   matrices), which makes both sides equally large and so shrinks ``|x + y|^2``.  It is taken
+   on the directions both sides span (:func:`shared_basis`): directions along which either
+   side is constant carry no score (for NLM tokens the key's augmented coordinate, which the
+   centred query never multiplies; for patches centred one by one the all-ones direction, which
+   holds only float32 rounding) and are dropped exactly, so that neither second moment is
+   singular where the square roots are taken; directions of the balanced tokens carrying less
+   than :data:`DROP_RELATIVE` of the largest energy are projected out too.
 3. ``scale`` is split as ``sqrt(scale)`` on each side.
 4. **Optimal positive features** (FAVOR++, Likhosherstov et al. 2022 [4]_).  For ``A < 1/4``,
    ``f_A(w, x) = (1 - 4A)^(r/4) exp(A |w|^2 + sqrt(1 - 4A) w.x - |x|^2 / 2)`` also satisfies
@@ -85,8 +88,8 @@ DROP_RELATIVE = 1e-7
 #: the largest is float32 rounding of the computation that made the tokens (per-patch centring
 #: leaves 1e-6 along the all-ones direction, for instance).
 RANK_RELATIVE = 1e-10
-#: Ridge of the balancing (a fraction of the largest second moment added to both sides before
-#: the geometric mean): it bounds the condition number of ``A`` by ``RIDGE_RELATIVE ** -0.25``,
+#: Ridge of the balancing (both sides' eigenvalues are floored at this fraction of their largest
+#: before the geometric mean): it bounds the condition number of ``A`` by ``RIDGE_RELATIVE ** -0.5``,
 #: which keeps the matrix square roots accurate.  Any invertible ``A`` rewrites the scores
 #: exactly; the ridge only makes ``A`` slightly less than variance-optimal along directions
 #: that carry almost no energy.

@@ -12,7 +12,8 @@ Ties: the ``k`` matches are the ``k`` best keys in PatchMatch's total order, a h
 first and, on equal scores, the smaller flat key index first (:func:`nlattn.knn_patchmatch`).
 When many keys tie at the top (a flat sky, duplicated tokens, zero tokens whose scores are all
 0), the support holds ``k`` of them (the smallest indices among the tied keys PatchMatch met)
-while exact attention spreads the mass evenly over all of them; ``local_radius`` adds the query's own neighbourhood in such regions.
+while exact attention spreads the mass evenly over all of them; ``local_radius`` adds the
+query's own neighbourhood in such regions.
 :func:`nlattn.metrics.recall_at_k` counts any ``k`` of the tied keys as a perfect answer.
 """
 
