@@ -89,8 +89,8 @@ DROP_RELATIVE = 1e-7
 #: leaves 1e-6 along the all-ones direction, for instance).
 RANK_RELATIVE = 1e-10
 #: Ridge of the balancing (both sides' eigenvalues are floored at this fraction of their largest
-#: before the geometric mean): it bounds the condition number of ``A`` by ``RIDGE_RELATIVE ** -0.5``,
-#: which keeps the matrix square roots accurate.  Any invertible ``A`` rewrites the scores
+#: before the geometric mean): it bounds the condition number of ``A`` by
+#: ``RIDGE_RELATIVE ** -0.5``, which keeps the matrix square roots accurate.  Any invertible ``A`` rewrites the scores
 #: exactly; the ridge only makes ``A`` slightly less than variance-optimal along directions
 #: that carry almost no energy.
 RIDGE_RELATIVE = 1e-6
