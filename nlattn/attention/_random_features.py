@@ -90,9 +90,9 @@ DROP_RELATIVE = 1e-7
 RANK_RELATIVE = 1e-10
 #: Ridge of the balancing (both sides' eigenvalues are floored at this fraction of their largest
 #: before the geometric mean): it bounds the condition number of ``A`` by
-#: ``RIDGE_RELATIVE ** -0.5``, which keeps the matrix square roots accurate.  Any invertible ``A`` rewrites the scores
-#: exactly; the ridge only makes ``A`` slightly less than variance-optimal along directions
-#: that carry almost no energy.
+#: ``RIDGE_RELATIVE ** -0.5``, which keeps the matrix square roots accurate.  Any invertible
+#: ``A`` rewrites the scores exactly; the ridge only makes ``A`` slightly less than
+#: variance-optimal along directions that carry almost no energy.
 RIDGE_RELATIVE = 1e-6
 #: Tokens per work item of the parallel loops (fixed: results do not depend on the threads).
 CHUNK = 2048
