@@ -86,14 +86,15 @@ def patch_tokens(crop: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, patches / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
 
 
-def zero_count(image: np.ndarray) -> np.ndarray:
-    return np.abs(patch_tokens(image)).max(axis=-1) == 0
+def zero_mask(tokens: np.ndarray) -> np.ndarray:
+    """Where the token grid holds exact zero vectors."""
+    return np.abs(tokens).max(axis=-1) == 0
 
 
 def richest_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The ``size x size`` crop, on a grid of step ``size // 4``, holding the most zero tokens
     (the centre crop when that is as good)."""
-    zero = zero_count(image).astype(np.int64)
+    zero = zero_mask(patch_tokens(image)).astype(np.int64)
     height, width = image.shape
     cy, cx = (height - size) // 2, (width - size) // 2
     best, where = zero[cy:cy + size, cx:cx + size].sum(), (cy, cx)
@@ -114,7 +115,7 @@ def run(names, size, scales, seeds):
         image = load(base)
         crop = centre_crop(image, size) if where == "centre" else richest_crop(image, size)
         tokens = patch_tokens(crop)
-        zero = np.abs(tokens).max(axis=-1) == 0
+        zero = zero_mask(tokens)
         rng = np.random.default_rng(0)
         noisy = tokens.copy()
         noisy[zero] = NOISE * rng.standard_normal((int(zero.sum()), tokens.shape[-1]))

@@ -170,8 +170,8 @@ def attnmap(
     drawn as a heatmap over the image (weight / row max, log scale by default) with the query
     ringed in cyan.  Rows of panels are queries, columns are methods (exact first); each panel
     is titled with its total variation from the exact map (TV) and the fraction of the exact
-    top-k keys it finds (R@k).  The features are the NLM tokens of the image (design section 1:
-    the maps are global non-local means weights) or --features.  Exit status: 0 on success, 1
+    top-k keys it finds (R@k).  The features are the NLM tokens of the image (the maps are
+    global non-local means weights) or --features.  Exit status: 0 on success, 1
     when a file cannot be read or written (or OUT exists), 2 on usage errors.
 
     \b

@@ -102,7 +102,7 @@ def quiet_option(func):
 
 
 def method_option(func):
-    """``--method``: the denoising method (choices from design §4)."""
+    """``--method``: the denoising method (choices: ``nlattn.denoise`` methods)."""
     return click.option(
         "--method",
         type=click.Choice(DENOISE_METHOD_NAMES),

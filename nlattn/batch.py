@@ -9,7 +9,7 @@ with one of three executors: in this process, in a pool of worker processes (``n
 tasks on an existing Dask distributed cluster (``scheduler``, the ``dask`` extra).  Names,
 policies, records and errors are the same whichever executor runs the jobs.
 
-Rules (design §4):
+Rules:
 
 - an input is a file, a folder (every image inside; with ``recursive``, below too, keeping the
   relative layout under the output folder) or a glob pattern, expanded here so that quoted

@@ -4,7 +4,7 @@ A pixel's patch vector holds the ``(2f+1)**2 * C`` values of the patch around it
 at the borders, as in the denoisers), each multiplied by the square root of its weight, the
 weights summing to 1.  The squared Euclidean distance of two patch vectors is then the (weighted)
 *mean* squared difference of the patches, the distance of :func:`nlattn.nl_means`, in squared
-image units: pure-noise patches sit at ``2 sigma**2`` (design section 1).
+image units: pure-noise patches sit at ``2 sigma**2``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def augmented_tokens(patches: np.ndarray, h: float = 1.0) -> tuple[np.ndarray, n
     """Queries ``[p, 1]`` and keys ``[2 p, -|p|**2] / h**2`` of vectors ``p`` (float32).
 
     ``q_i . k_j = (|p_i|**2 - |p_i - p_j|**2) / h**2``: ranking keys by score ranks them by
-    squared distance, and a softmax over keys gives NLM weights (design section 1).
+    squared distance, and a softmax over keys gives NLM weights.
     """
     p = patches.astype(np.float64)
     queries = np.concatenate([p, np.ones(p.shape[:-1] + (1,))], axis=-1)

@@ -1,10 +1,11 @@
 """Attention maps of query pixels, and how well each method reproduces the exact ones.
 
-A query pixel's *attention row* is its softmax distribution over every key of the image
-(design section 1.1, last bullet): :func:`nlattn.attention_rows` gives it for any method without
-forming the n x n matrix.  :func:`compare_rows` computes the exact rows first and measures every
-other method against them; :func:`attention_maps` does the whole job behind ``nlattn attnmap``:
-tokens (NLM tokens of the image, or the user's features), rows of each method, errors, in a
+A query pixel's *attention row* is its softmax distribution over every key of the image (for
+NLM tokens, the non-local means weights of that pixel): :func:`nlattn.attention_rows` gives it
+for any method without forming the n x n matrix.  :func:`compare_rows` computes the exact rows
+first and measures every other method against them; :func:`attention_maps` does the whole job
+behind ``nlattn attnmap``: tokens (NLM tokens of the image, or the user's features), rows of
+each method, errors, in a
 :class:`MapsResult` that :func:`nlattn.render.render_maps` draws.
 """
 

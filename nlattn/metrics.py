@@ -3,7 +3,7 @@
 Arrays in, numbers out.  Image metrics (:func:`psnr`, :func:`ssim`) are thin wrappers over
 ``skimage.metrics`` that insist on an explicit ``data_range`` (scikit-image guesses it from the
 dtype, which is wrong for float images in [0, 255]).  Attention metrics compare an approximate
-operator with the exact one (design section 6): :func:`relative_error` of the outputs, and per
+operator with the exact one: :func:`relative_error` of the outputs, and per
 attention row (one query's distribution over all keys) :func:`row_total_variation`,
 :func:`row_kl` and :func:`recall_at_k`.
 
@@ -278,15 +278,20 @@ def _top_keys(name: str, array: np.ndarray, k: int) -> list[np.ndarray]:
             )
         # index lists, best first, -1 for empty slots (KnnField.indices reshaped to (n, k))
         return [np.unique(row[:k][row[:k] >= 0]) for row in array]
-    flat = _float_rows(name, array)
+    return _top_of_rows(_float_rows(name, array), k)
+
+
+def _top_of_rows(flat: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each float64 row's top-k key indices, a sorted array (zero weights never count)."""
     tops = []
     for row in flat:
         order = np.argsort(-row, kind="stable")[:k]  # ties: the smaller index first
-        tops.append(np.sort(order[row[order] > 0]))  # keys with zero weight are not found
+        tops.append(np.sort(order[row[order] > 0]))
     return tops
 
 
 def _float_rows(name: str, array: np.ndarray) -> np.ndarray:
+    """``array`` (m, ...) as finite float64 rows (m, n), the other axes flattened."""
     if array.ndim < 2:
         raise ValueError(f"{name} as rows must have shape (m, ...), got shape {array.shape}")
     flat = array.reshape(array.shape[0], -1).astype(np.float64)
@@ -364,8 +369,12 @@ def recall_at_k(
             f"{approx.shape[0]} and {ref.shape[0]}"
         )
     found = _top_keys("rows_or_indices", approx, k)
-    wanted = _top_keys("reference", ref, k)
-    weights = None if np.issubdtype(ref.dtype, np.integer) else _float_rows("reference", ref)
+    if np.issubdtype(ref.dtype, np.integer):
+        weights = None
+        wanted = _top_keys("reference", ref, k)
+    else:
+        weights = _float_rows("reference", ref)
+        wanted = _top_of_rows(weights, k)
     recall = np.full(len(wanted), np.nan)
     for i, (a, r) in enumerate(zip(found, wanted, strict=True)):
         if not r.size:

@@ -2,7 +2,7 @@
 
 For every query pixel ``i`` of an ``(H, W, d)`` grid, :func:`knn_patchmatch` finds the ``k`` key
 pixels ``j`` with the highest scores ``scale * q_i . k_j``.  Squared Euclidean distances (NLM's
-patch distances) come through the augmented vectors of design section 1: with ``q = [p, 1]`` and
+patch distances) come through augmented vectors (:func:`nlattn.nlm_tokens`): with ``q = [p, 1]`` and
 ``k = [2p, -|p|**2]`` the score is ``|p_i|**2 - |p_i - p_j|**2``, so the best scores are the
 nearest patches.
 
@@ -601,7 +601,7 @@ def knn_patchmatch(
 
     Examples
     --------
-    NLM patch neighbours through the augmented vectors of design section 1:
+    NLM patch neighbours through the augmented vectors of :func:`nlattn.nlm_tokens`:
 
     >>> import numpy as np, nlattn
     >>> image = np.random.default_rng(0).random((32, 32)).astype(np.float32)

@@ -14,7 +14,7 @@ How wide the halo must be (windowed NLM, patch radius ``f``, search radius ``s``
   ``f + s`` pixels away.
 - Patch-wise aggregation: ``out(p)`` averages the patch estimates ``B(i)`` of every query ``i``
   within ``f`` of ``p``, and ``B(i)`` reads ``f + s`` pixels around ``i``: ``2 f + s`` in all.
-  ``f + s`` (the halo of design section 5) is not enough.
+  ``f + s`` alone is not enough.
 
 Columns need exactly that halo: the kernel treats every column alike.  Rows need more, because the
 kernel (:mod:`nlattn.denoise.nlm`) works on horizontal strips of fixed height and streams its box

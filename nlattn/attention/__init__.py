@@ -1,4 +1,5 @@
-"""Image attention: the operator of design section 1 and its methods, behind one interface.
+"""Image attention: softmax attention over the pixels of a grid and its methods, behind one
+interface.
 
 :func:`attention` computes ``out_i = sum_j softmax_j(scale q_i.k_j) v_j`` over the pixels of an
 ``H x W`` grid of tokens; :func:`attention_rows` returns the attention map of chosen query pixels.
@@ -17,7 +18,7 @@ taking validated float32 C-contiguous ``(H, W, d)`` / ``(H, W, dv)`` arrays, ``p
 parameters are keyword arguments with their defaults in those signatures.  To register it, add one
 :class:`MethodInfo` entry to :data:`METHODS` (its ``parameters`` tuple lists the keyword names the
 method accepts).  Parameter values are checked by :data:`PARAMETER_CHECKS` when their name is
-there (a name means the same thing for every method, design section 3), else by the method's
+there (a name means the same thing for every method), else by the method's
 module; ``None`` stands for the method's default.  Modules are imported on first use, so
 importing nlattn stays cheap.
 """

@@ -356,31 +356,40 @@ def stored_key_sums(phi, values, chunk, z, kv):
 # Python layer
 
 
+def _symmetric(matrix: np.ndarray):
+    """Eigenvalues and eigenvectors of the symmetric part of ``matrix``."""
+    return np.linalg.eigh((matrix + matrix.T) / 2)
+
+
+def _floored(matrix: np.ndarray, relative_floor: float = 0.0, floor: float = 0.0):
+    """Eigenvalues and eigenvectors of the symmetric part of ``matrix``, the eigenvalues floored
+    at the larger of ``relative_floor`` times the largest and ``floor``."""
+    e, v = _symmetric(matrix)
+    return np.maximum(e, max(relative_floor * e.max(), floor)), v
+
+
+def _sqrtm(matrix: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """Square root of a symmetric matrix, its eigenvalues floored at ``floor``."""
+    e, v = _floored(matrix, floor=floor)
+    return (v * np.sqrt(e)) @ v.T
+
+
 def _geometric_mean_root(cq: np.ndarray, ck: np.ndarray) -> np.ndarray:
     """Symmetric ``A`` with ``A^2 = C_q^-1 # C_k`` (minimiser of ``tr(A C_q A) + tr(A^-1 C_k
     A^-1)``), both sides ridged by :data:`RIDGE_RELATIVE` of their largest eigenvalue."""
-
-    def floored(matrix):
-        e, v = np.linalg.eigh((matrix + matrix.T) / 2)
-        return np.maximum(e, RIDGE_RELATIVE * max(e.max(), np.finfo(np.float64).tiny)), v
-
-    e, v = floored(cq)
+    tiny = np.finfo(np.float64).tiny
+    e, v = _floored(cq, RIDGE_RELATIVE, tiny)
     root = (v * np.sqrt(e)) @ v.T
     inv_root = (v / np.sqrt(e)) @ v.T
-    e, v = floored(ck)
+    e, v = _floored(ck, RIDGE_RELATIVE, tiny)
     inner = root @ ((v * e) @ v.T) @ root
-    e, v = np.linalg.eigh((inner + inner.T) / 2)
-    inner_root = (v * np.sqrt(np.maximum(e, 0.0))) @ v.T
-    mean = inv_root @ inner_root @ inv_root
-    e, v = np.linalg.eigh((mean + mean.T) / 2)
-    e = np.maximum(e, np.finfo(np.float64).tiny)
-    return (v * np.sqrt(e)) @ v.T
+    return _sqrtm(inv_root @ _sqrtm(inner) @ inv_root, floor=tiny)
 
 
 def _range(moments: np.ndarray) -> np.ndarray:
     """Orthonormal basis (columns) of the eigenvectors of the symmetric ``moments`` whose
     eigenvalue exceeds :data:`RANK_RELATIVE` of the largest; no column when it is zero."""
-    e, v = np.linalg.eigh((moments + moments.T) / 2)
+    e, v = _symmetric(moments)
     if not e.size or e.max() <= 0.0:
         return v[:, :0]
     return v[:, e > RANK_RELATIVE * e.max()]
@@ -425,8 +434,7 @@ def score_maps(queries: np.ndarray, keys: np.ndarray, scale: float):
         cy = basis.T @ ck @ basis
         a = _geometric_mean_root(cx, cy)
         a_inv = np.linalg.inv(a)
-        balanced = a @ cx @ a + a_inv @ cy @ a_inv
-        e, v = np.linalg.eigh((balanced + balanced.T) / 2)
+        e, v = _symmetric(a @ cx @ a + a_inv @ cy @ a_inv)
         keep = v[:, e > DROP_RELATIVE * e.max()]
         kept = keep @ keep.T  # onto the directions kept (independent of eigh's signs)
         projector = basis @ kept @ basis.T

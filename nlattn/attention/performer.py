@@ -163,10 +163,9 @@ def attend(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: flo
     rf.key_sums(k, v, fmap.key_mean, fmap.key_map, fmap.projections, fmap.key_weight, shift,
                 n_features, rf.CHUNK, z, kv)
     mean_value, low, high = value_stats(values)
-    has_mass = z > 0.0
     with np.errstate(divide="ignore"):
-        log_z = np.where(has_mass, np.log(np.where(has_mass, z, 1.0)), -np.inf)
-    kv_mean = np.where(has_mass[:, None], kv / np.where(has_mass, z, 1.0)[:, None], 0.0)
+        log_z = np.log(z)  # -inf for a feature without key mass, whose kv row is all zero
+    kv_mean = kv / np.where(z > 0.0, z, 1.0)[:, None]
     out = np.empty((height * width, dv), np.float32)
     _performer_attend(q, fmap.query_mean, fmap.query_map, fmap.projections, log_z, kv_mean,
                       mean_value, low, high, rf.CHUNK, out)

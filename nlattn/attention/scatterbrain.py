@@ -244,9 +244,12 @@ def _scatterbrain_rows(queries, keys, phi_q, log_scales, phi_k, flat_positions, 
             scores[t] = math.exp(scores[t] - shift)
             total += scores[t]
         share = low_rank / total  # of the row, off the support: each product / mass of it
-        for c in prange(n_chunks):
-            for j in range(c * chunk, min(n, (c + 1) * chunk)):
-                row[j] = np.float32(products_row[j] / mass * share) if share > 0.0 else 0.0
+        if share > 0.0:
+            for c in prange(n_chunks):
+                for j in range(c * chunk, min(n, (c + 1) * chunk)):
+                    row[j] = np.float32(products_row[j] / mass * share)
+        else:
+            row[:] = 0.0
         for t in range(count):
             row[support[t]] = np.float32(scores[t] / total)
 

@@ -53,10 +53,10 @@ DENOISE_METHODS: dict[str, MethodInfo] = {
     ),
 }
 
-#: Attention methods (``nlattn.METHODS``) that also denoise through the NLM tokens of design
-#: section 1: softmax attention of ``nlm_tokens(image, patch_radius, h, pca=ATTENTION_PCA)``
-#: with ``scale=1`` is global non-local means, so each approximation is a denoiser (a good one
-#: only where it approximates peaked softmax well).  ``"scram"`` has a dedicated denoiser above.
+#: Attention methods (``nlattn.METHODS``) that also denoise through the NLM tokens: softmax
+#: attention of ``nlm_tokens(image, patch_radius, h, pca=ATTENTION_PCA)`` with ``scale=1`` is
+#: global non-local means, so each approximation is a denoiser (a good one only where it
+#: approximates peaked softmax well).  ``"scram"`` has a dedicated denoiser above.
 ATTENTION_DENOISERS = ("exact", "local", "performer", "lsh", "scatterbrain", "fast", "efficient")
 #: Patch vectors of the attention-backed denoisers are reduced to this many principal components.
 ATTENTION_PCA = 16
@@ -127,7 +127,7 @@ def nl_means(
         8x8 blocks found on the pilot; :mod:`nlattn.denoise.nlm2`), ``"nlm"`` (windowed NLM),
         ``"scram"`` (adds to each pixel's search window its ``k`` most similar patches anywhere
         in the image, found by kNN PatchMatch), or an attention method of
-        :data:`ATTENTION_DENOISERS` applied to the NLM tokens of the image (design section 1).
+        :data:`ATTENTION_DENOISERS` applied to the NLM tokens of the image.
     sigma : float, optional
         Standard deviation of the noise in the image's units (grey levels for 8-bit images).
         ``None`` estimates it with :func:`estimate_sigma`.  Patch distances below ``2 sigma**2``
