@@ -39,6 +39,7 @@ This module imports neither Numba nor any other part of nlattn, so it is cheap t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -878,24 +879,69 @@ def _open_temp(directory: str, base: str, ext: str) -> tuple[IO[bytes], str]:
     raise FileExistsError(f"cannot create a temporary file in {directory!r}")
 
 
+def _folder_error(exc: OSError, name: str) -> OSError:
+    """The error of creating the temporary file beside ``name``, naming the user's folder or path.
+
+    The temporary file's own name means nothing to the user: a missing folder is named as such
+    (``no such folder``), a path component that is a file as ``not a folder``, a folder that
+    refuses new files (permissions, read-only file system) by its name, anything else by the
+    target's name.  Errors without an errno (no free temporary name) are returned as they are.
+    """
+    if exc.errno is None:
+        return exc
+    folder = os.path.dirname(name) or os.path.dirname(os.path.abspath(name))
+    if exc.errno == errno.ENOENT:
+        return FileNotFoundError(errno.ENOENT, "no such folder", folder)
+    if exc.errno == errno.ENOTDIR:
+        blocker = probe = folder
+        while probe:  # the nearest ancestor that exists is the file in the way
+            if os.path.lexists(probe):
+                blocker = probe
+                break
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        return NotADirectoryError(errno.ENOTDIR, "not a folder", blocker)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OSError(exc.errno, exc.strerror, folder)
+    return OSError(exc.errno, exc.strerror, name)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a hidden temporary file beside ``path`` for binary writing; on success it is flushed,
-    synced and renamed onto ``path``, on any error removed (``path`` is then untouched)."""
-    name = os.fspath(path)
+    synced and renamed onto ``path``, on any error removed (``path`` is then untouched).
+
+    File-system errors name what the user gave, never the temporary file: a missing folder
+    (``FileNotFoundError``, ``no such folder``), a path component that is a file
+    (``NotADirectoryError``, ``not a folder``), a folder that refuses new files (by the folder's
+    name), or ``path`` itself (a folder in the way of the rename, disk full...); their ``errno``
+    and ``strerror`` are the system's.
+    """
+    name = _path_str(path)
     ext = os.path.splitext(name)[1]
-    f, tmp = _open_temp(os.path.dirname(os.path.abspath(name)), os.path.basename(name), ext)
+    try:
+        f, tmp = _open_temp(os.path.dirname(os.path.abspath(name)), os.path.basename(name), ext)
+    except OSError as exc:
+        raise _folder_error(exc, name) from None
     try:
         with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, name)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if (
+            isinstance(exc, OSError)
+            and exc.errno is not None
+            and tmp in (exc.filename, exc.filename2)
+        ):
+            raise OSError(exc.errno, exc.strerror, name) from None
         raise
 
 
@@ -931,8 +977,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
         has alpha), or the format cannot hold the data: 16-bit only in PNG and TIFF, float32
         only in TIFF, alpha not in JPEG and BMP. Nothing is written then.
     OSError
-        From the file system (missing directory, permissions, disk full); no temporary file is
-        left behind and an existing target is untouched.
+        From the file system, naming the user's path, never the temporary file:
+        ``FileNotFoundError`` ``no such folder`` with the missing folder, ``NotADirectoryError``
+        ``not a folder`` with the file in the way, ``PermissionError`` with the folder that
+        refuses new files, or the error (a folder in the way, disk full...) with ``path``. No
+        temporary file is left behind and an existing target is untouched.
 
     Notes
     -----

@@ -6,6 +6,7 @@ Every file is made on the fly under tmp_path; the images are tiny so the suite r
 from __future__ import annotations
 
 import ast
+import errno
 import io
 import os
 import struct
@@ -498,6 +499,83 @@ def test_failed_rename_cleans_up(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]
     with pytest.raises(FileNotFoundError):
         write_image(tmp_path / "missing" / "x.png", _random(np.uint8, 1))
+
+
+def _check_write_os_error(exc_type, path, named: str, *words: str) -> None:
+    """write_image to ``path`` raises ``exc_type`` naming ``named``, never a temporary file."""
+    with pytest.raises(exc_type) as info:
+        write_image(path, _random(np.uint8, 1))
+    message = str(info.value)
+    assert "\n" not in message
+    assert ".tmp" not in message, message
+    assert info.value.filename == named and info.value.filename2 is None
+    assert repr(named) in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_write_into_a_missing_folder_names_the_folder(tmp_path):
+    folder = os.path.join(str(tmp_path), "missing", "deeper")
+    _check_write_os_error(
+        FileNotFoundError, os.path.join(folder, "x.png"), folder, "no such folder"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_into_a_missing_relative_folder_names_it_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _check_write_os_error(
+        FileNotFoundError, os.path.join("nope", "x.png"), "nope", "no such folder"
+    )
+
+
+def test_write_below_a_file_names_that_file(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"not a folder")
+    for path in (blocker / "x.png", blocker / "sub" / "deeper" / "x.png"):
+        _check_write_os_error(NotADirectoryError, str(path), str(blocker), "not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_write_into_a_read_only_folder_names_the_folder(tmp_path, monkeypatch):
+    # root ignores permissions: fail the temporary file's creation as the OS would
+    real_open = open
+
+    def denied(file, mode="r", *args, **kwargs):
+        if mode == "xb":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(nio, "open", denied, raising=False)
+    _check_write_os_error(
+        PermissionError, str(tmp_path / "x.png"), str(tmp_path), os.strerror(errno.EACCES)
+    )
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores file permissions"
+)
+def test_write_into_a_really_read_only_folder_names_the_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    try:
+        _check_write_os_error(PermissionError, str(folder / "x.png"), str(folder), "denied")
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_write_onto_a_folder_names_the_target(tmp_path):
+    (tmp_path / "taken.png").mkdir()
+    target = str(tmp_path / "taken.png")
+    _check_write_os_error(IsADirectoryError, target, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.png"]
+
+
+def test_write_bytes_errors_name_the_target(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder") as info:
+        nio.write_bytes(tmp_path / "missing" / "x.json", b"{}")
+    assert info.value.filename == str(tmp_path / "missing")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
