@@ -15,7 +15,9 @@ The dtype policy
 
 The array is ``(H, W)`` for grey and ``(H, W, 3)`` for colour, C-contiguous and writeable. An alpha
 channel is split off into :attr:`ImageMeta.alpha` (same dtype as the image) so that the pixels can
-go straight to the denoiser, and :func:`write_image` re-attaches it. The EXIF orientation is
+go straight to the denoiser, and :func:`write_image` re-attaches it; so is a TIFF's extra channel
+that is not alpha, with :attr:`ImageMeta.extra_sample` saying what the file tags it as, so that
+it is written back with the same tag. The EXIF orientation is
 applied on read (to the image and its alpha alike). WebP cannot store grey images, so a WebP
 whose colour channels are all equal is returned as grey; this is exact and makes grey WebP round
 trips give back what was written.
@@ -95,6 +97,10 @@ _EXT_FORMAT = {
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ORIENTATION_TAG = 0x0112  # EXIF / TIFF Orientation
 _ICC_TAG = 34675  # TIFF InterColorProfile
+_EXTRA_SAMPLES_TAG = 338  # TIFF ExtraSamples
+#: TIFF ExtraSamples codes: unspecified data, associated (premultiplied) alpha, unassociated alpha.
+_UNSPECIFIED_SAMPLE, _ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA = 0, 1, 2
+_EXTRA_SAMPLE_CODES = (_UNSPECIFIED_SAMPLE, _ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA)
 _JPEG_QUALITY = 95
 _MODES = {(1, False): "L", (1, True): "LA", (3, False): "RGB", (3, True): "RGBA"}
 
@@ -123,11 +129,17 @@ class ImageMeta:
         Bits per sample of the returned array: 8, 16 or 32.
     alpha : numpy.ndarray or None
         The alpha channel, ``(H, W)`` with the image's dtype, oriented like the image; None when
-        the file has none.
+        the file has none. For a TIFF, the extra channel (second of grey, fourth of RGB),
+        whatever :attr:`extra_sample` says it is.
     icc_profile : bytes or None
         The embedded ICC colour profile, kept as it is.
     orientation : int
         The EXIF/TIFF orientation (1-8) that was applied on read; 1 when none.
+    extra_sample : int or None
+        TIFF only: how the file tags the channel kept in ``alpha`` (its ExtraSamples code): 0
+        unspecified data (not alpha), 1 associated (premultiplied) alpha, 2 unassociated alpha.
+        None for other formats, for images without that channel and for codes the TIFF
+        specification does not define. :func:`write_image` tags the channel so in a TIFF.
     """
 
     path: str
@@ -138,6 +150,7 @@ class ImageMeta:
     alpha: np.ndarray | None = None
     icc_profile: bytes | None = None
     orientation: int = 1
+    extra_sample: int | None = None
 
 
 class _Unreadable(Exception):
@@ -441,10 +454,11 @@ def _read_png(f: IO[bytes], name: str, file_size: int):
             key = meta["transparent"]
             key = tuple(int(v) for v in key) if len(key) > 1 else int(key[0])
             alpha = _transparency_alpha(image, key)
-        return image, alpha, info.icc_profile, _exif_orientation(info.exif)
+        return image, alpha, info.icc_profile, _exif_orientation(info.exif), None
     im = _pil_open(PngImagePlugin.PngImageFile, f, name)
     image, alpha = _from_pil(im, "PNG")
-    return image, alpha, im.info.get("icc_profile") or info.icc_profile, _pil_orientation(im)
+    icc = im.info.get("icc_profile") or info.icc_profile
+    return image, alpha, icc, _pil_orientation(im), None
 
 
 def _jpeg_has_end(data: bytes) -> bool:
@@ -496,7 +510,7 @@ def _read_jpeg(f: IO[bytes], name: str, file_size: int):
         raise _Unreadable("truncated JPEG file (no end-of-image marker)")
     im = _pil_open(JpegImagePlugin.JpegImageFile, f, name)
     image, alpha = _from_pil(im, "JPEG")
-    return image, alpha, im.info.get("icc_profile"), _pil_orientation(im)
+    return image, alpha, im.info.get("icc_profile"), _pil_orientation(im), None
 
 
 def _read_webp(f: IO[bytes], name: str, file_size: int):
@@ -513,14 +527,14 @@ def _read_webp(f: IO[bytes], name: str, file_size: int):
         and np.array_equal(image[:, :, 0], image[:, :, 2])
     ):
         image = image[:, :, 0]
-    return image, alpha, im.info.get("icc_profile"), _pil_orientation(im)
+    return image, alpha, im.info.get("icc_profile"), _pil_orientation(im), None
 
 
 def _read_pil(factory: Callable[..., Any], fmt: str):
     def reader(f: IO[bytes], name: str, file_size: int):
         im = _pil_open(factory, f, name)
         image, alpha = _from_pil(im, fmt)
-        return image, alpha, im.info.get("icc_profile"), _pil_orientation(im)
+        return image, alpha, im.info.get("icc_profile"), _pil_orientation(im), None
 
     return reader
 
@@ -546,6 +560,8 @@ def _read_tiff(f: IO[bytes], name: str, file_size: int):
         orientation_tag = page.tags.get(274)
         orientation = int(orientation_tag.value) if orientation_tag is not None else 1
         orientation = orientation if 1 <= orientation <= 8 else 1
+        extra_tag = page.tags.get(_EXTRA_SAMPLES_TAG)
+        extra_codes = () if extra_tag is None else tuple(np.atleast_1d(extra_tag.value))
         photometric = int(page.photometric)
         bits = page.bitspersample
         bits = max(bits) if isinstance(bits, tuple) else int(bits)
@@ -565,8 +581,11 @@ def _read_tiff(f: IO[bytes], name: str, file_size: int):
                 f"cannot decode this {bits}-bit TIFF without losing bits (its compression or "
                 "colour space needs the optional 'imagecodecs' package)"
             )
-        # Recent Pillow applies the TIFF orientation on load and drops the tag; older does not.
-        return image, alpha, icc, _pil_orientation(im)
+        # Pillow keeps an extra sample only when it is alpha, and un-premultiplies associated
+        # alpha: what it returns is unassociated alpha. Recent Pillow applies the TIFF
+        # orientation on load and drops the tag; older does not.
+        extra = None if alpha is None else _UNASSOCIATED_ALPHA
+        return image, alpha, icc, _pil_orientation(im), extra
     if axes == "SYX":
         data = np.moveaxis(data, 0, -1)
     elif axes not in ("YX", "YXS"):
@@ -584,7 +603,13 @@ def _read_tiff(f: IO[bytes], name: str, file_size: int):
     if channels not in (base, base + 1):
         raise _Unreadable(f"unsupported TIFF with {channels} samples per pixel")
     image, alpha = _split_channels(data, "TIFF image")
-    return image, alpha, icc, orientation
+    extra = None
+    if alpha is not None:
+        # The file's own tag of the extra sample, kept for write_image; none means unspecified
+        # (the TIFF specification: only declared extra samples are alpha).
+        code = int(extra_codes[0]) if extra_codes else _UNSPECIFIED_SAMPLE
+        extra = code if code in _EXTRA_SAMPLE_CODES else None
+    return image, alpha, icc, orientation, extra
 
 
 _READERS = {
@@ -660,7 +685,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
             if fmt is None:
                 raise _Unreadable("not a supported image file (PNG, JPEG, TIFF, BMP or WebP)")
             try:
-                image, alpha, icc, orientation = _READERS[fmt](f, name, file_size)
+                image, alpha, icc, orientation, extra = _READERS[fmt](f, name, file_size)
             except _Unreadable:
                 raise
             except _DECODE_ERRORS as exc:
@@ -688,6 +713,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
         alpha=alpha,
         icc_profile=bytes(icc) if icc else None,
         orientation=orientation,
+        extra_sample=extra,
     )
     return image, meta
 
@@ -706,8 +732,15 @@ _FORMAT_LIMITS = {
 }
 
 
-def _prepare(name: str, fmt: str, image: Any, meta: ImageMeta | None) -> tuple[np.ndarray, bool]:
-    """Validate the image/meta/format combination; return (H, W, C) data and has_alpha."""
+def _prepare(
+    name: str, fmt: str, image: Any, meta: ImageMeta | None
+) -> tuple[np.ndarray, int | None]:
+    """Validate the image/meta/format combination.
+
+    Returns the (H, W, C) data and the TIFF ExtraSamples code of its extra channel (None when it
+    has none): ``meta.extra_sample`` when given, else unspecified data for the second of two
+    channels of ``image``, unassociated alpha for ``meta.alpha`` and the fourth of four channels.
+    """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy.ndarray, got {type(image).__name__}")
     if meta is not None and not isinstance(meta, ImageMeta):
@@ -726,6 +759,19 @@ def _prepare(name: str, fmt: str, image: Any, meta: ImageMeta | None) -> tuple[n
     data = image if image.ndim == 3 else image[:, :, None]
     has_alpha = data.shape[2] in (2, 4)
     alpha = None if meta is None else meta.alpha
+    code = None if meta is None else meta.extra_sample
+    if code is not None and (
+        isinstance(code, (bool, np.bool_))
+        or not isinstance(code, (int, np.integer))
+        or code not in _EXTRA_SAMPLE_CODES
+    ):
+        raise ValueError(f"{fail} meta.extra_sample must be None, 0, 1 or 2, got {code!r}")
+    if code is not None:
+        extra = int(code)
+    elif alpha is not None or data.shape[2] == 4:
+        extra = _UNASSOCIATED_ALPHA
+    else:
+        extra = _UNSPECIFIED_SAMPLE  # two channels of data are not grey + alpha
     if alpha is not None:
         if has_alpha:
             raise ValueError(
@@ -750,7 +796,8 @@ def _prepare(name: str, fmt: str, image: Any, meta: ImageMeta | None) -> tuple[n
             f"{fail} {fmt} cannot store an alpha channel (use .png, .tif or .webp, or drop "
             "the alpha)"
         )
-    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("=")), has_alpha
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
+    return data, extra if has_alpha else None
 
 
 def _pil_image(data: np.ndarray) -> Image.Image:
@@ -798,7 +845,13 @@ class _BytesSink:
         self.parts.append(bytes(b))
 
 
-def _encode(f: IO[bytes], fmt: str, data: np.ndarray, has_alpha: bool, icc: bytes | None):
+def _encode(
+    f: IO[bytes], fmt: str, data: np.ndarray, extra_sample: int | None, icc: bytes | None
+):
+    """Encode (H, W, C) data; ``extra_sample``: the TIFF ExtraSamples code of its extra channel.
+
+    PNG and WebP have no other kind of extra channel than alpha.
+    """
     extra: dict[str, Any] = {"icc_profile": icc} if icc else {}
     if fmt == "TIFF":
         channels = data.shape[2]
@@ -806,7 +859,7 @@ def _encode(f: IO[bytes], fmt: str, data: np.ndarray, has_alpha: bool, icc: byte
             f,
             data[:, :, 0] if channels == 1 else data,
             photometric="rgb" if channels >= 3 else "minisblack",
-            extrasamples=["unassalpha"] if has_alpha else None,
+            extrasamples=None if extra_sample is None else [extra_sample],
             compression="zlib",
             predictor=bool(data.dtype != np.float32),  # horizontal differencing for integers
             iccprofile=icc or None,
@@ -960,12 +1013,18 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
         The file to write; its extension (any case) chooses the format: ``.png``, ``.jpg`` /
         ``.jpeg``, ``.tif`` / ``.tiff``, ``.bmp``, ``.webp``. An existing file is replaced.
     image : numpy.ndarray
-        ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB, or ``(H, W, 2)`` / ``(H, W, 4)``
-        grey / RGB with alpha as the last channel; ``uint8``, ``uint16`` or ``float32``.
+        ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 2)`` two channels or
+        ``(H, W, 4)`` RGB with alpha as the last channel; ``uint8``, ``uint16`` or ``float32``.
+        PNG and WebP can store a second channel only as alpha (LA); a TIFF tags it as
+        unspecified data (ExtraSamples 0), not as alpha, and the fourth channel as unassociated
+        alpha (ExtraSamples 2), unless ``meta.extra_sample`` says otherwise.
     meta : ImageMeta, optional
         From :func:`read_image`. Its ``alpha`` (``(H, W)``, the image's dtype) is attached to the
-        image (grey -> LA, RGB -> RGBA) and its ``icc_profile`` embedded (not in BMP). Its other
-        fields are not used: the format comes from ``path``, the dtype from ``image``.
+        image (grey -> LA, RGB -> RGBA), as unassociated alpha in a TIFF unless
+        ``extra_sample`` says otherwise; its ``extra_sample`` (None, 0, 1 or 2) tags the extra
+        channel of a TIFF, so that a TIFF read and written back keeps its own tagging; its
+        ``icc_profile`` is embedded (not in BMP). Its other fields are not used: the format
+        comes from ``path``, the dtype from ``image``.
 
     Raises
     ------
@@ -974,8 +1033,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
     ValueError
         Naming the file and why, when the extension is not supported, the shape or dtype is not
         one above, ``meta.alpha`` does not match the image (shape, dtype, or the image already
-        has alpha), or the format cannot hold the data: 16-bit only in PNG and TIFF, float32
-        only in TIFF, alpha not in JPEG and BMP. Nothing is written then.
+        has alpha), ``meta.extra_sample`` is not None, 0, 1 or 2, or the format cannot hold the
+        data: 16-bit only in PNG and TIFF, float32 only in TIFF, alpha not in JPEG and BMP.
+        Nothing is written then.
     OSError
         From the file system, naming the user's path, never the temporary file:
         ``FileNotFoundError`` ``no such folder`` with the missing folder, ``NotADirectoryError``
@@ -1000,8 +1060,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
             f"(use one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     fmt = _EXT_FORMAT[ext]
-    data, has_alpha = _prepare(name, fmt, image, meta)
+    data, extra_sample = _prepare(name, fmt, image, meta)
     icc = meta.icc_profile if meta is not None and meta.icc_profile else None
 
     with atomic_file(name) as f:
-        _encode(f, fmt, data, has_alpha, icc)
+        _encode(f, fmt, data, extra_sample, icc)

@@ -390,6 +390,74 @@ def test_tiff_dtype_conversions(tmp_path):
     _check_read_error(tmp_path / "i32.tif", "int32", "float32")
 
 
+def _extrasamples(path) -> tuple[int, ...]:
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags.get(338)
+        return () if tag is None else tuple(int(v) for v in np.atleast_1d(tag.value))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_two_channel_tiff_is_data_not_alpha(tmp_path, dtype):
+    two = _random(dtype, 2, seed=5)
+    write_image(tmp_path / "two.tif", two)
+    assert _extrasamples(tmp_path / "two.tif") == (0,)  # unspecified, not alpha
+    got, meta = read_image(tmp_path / "two.tif")
+    assert meta.extra_sample == 0
+    np.testing.assert_array_equal(np.dstack([got, meta.alpha]), two)
+    # and back again through the meta: still unspecified
+    write_image(tmp_path / "again.tif", got, meta)
+    assert _extrasamples(tmp_path / "again.tif") == (0,)
+
+
+@pytest.mark.parametrize(("kind", "code"), [("unassalpha", 2), ("assocalpha", 1)])
+@pytest.mark.parametrize("channels", [2, 4])
+def test_tiff_alpha_keeps_its_tag_on_a_round_trip(tmp_path, kind, code, channels):
+    data = _random(np.uint8, channels, seed=6)
+    photometric = "rgb" if channels == 4 else "minisblack"
+    tifffile.imwrite(tmp_path / "in.tif", data, photometric=photometric, extrasamples=[kind])
+    got, meta = read_image(tmp_path / "in.tif")
+    assert meta.extra_sample == code
+    assert meta.mode == MODE_OF[channels]
+    write_image(tmp_path / "out.tif", got, meta)
+    assert _extrasamples(tmp_path / "out.tif") == (code,)
+    again, meta2 = read_image(tmp_path / "out.tif")
+    np.testing.assert_array_equal(again, got)
+    np.testing.assert_array_equal(meta2.alpha, meta.alpha)
+
+
+def test_tiff_alpha_from_other_formats_is_unassociated(tmp_path):
+    la = _random(np.uint8, 2, seed=7)
+    write_image(tmp_path / "la.png", la)
+    got, meta = read_image(tmp_path / "la.png")
+    assert meta.extra_sample is None
+    write_image(tmp_path / "la.tif", got, meta)  # PNG alpha is alpha
+    assert _extrasamples(tmp_path / "la.tif") == (2,)
+    write_image(tmp_path / "rgba.tif", _random(np.uint8, 4, seed=7))  # RGBA arrays: alpha too
+    assert _extrasamples(tmp_path / "rgba.tif") == (2,)
+
+
+@pytest.mark.parametrize("compression", ["tiff_lzw", "tiff_deflate"])
+def test_tiff_alpha_decoded_by_pillow_keeps_its_tag(tmp_path, compression):
+    """LZW needs imagecodecs in tifffile: without it Pillow decodes, alpha unassociated."""
+    la = _random(np.uint8, 2, seed=8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.tif", compression=compression)
+    assert _extrasamples(tmp_path / "la.tif") == (2,)
+    got, meta = read_image(tmp_path / "la.tif")
+    assert meta.extra_sample == 2
+    np.testing.assert_array_equal(np.dstack([got, meta.alpha]), la)
+    write_image(tmp_path / "out.tif", got, meta)
+    assert _extrasamples(tmp_path / "out.tif") == (2,)
+
+
+@pytest.mark.parametrize("code", [3, -1, 1.0, True, "0"])
+def test_bad_extra_sample_is_refused(tmp_path, code):
+    meta = ImageMeta("", "", "LA", np.dtype(np.uint8), 8, _random(np.uint8, 1), extra_sample=code)
+    with pytest.raises(ValueError, match="extra_sample") as info:
+        write_image(tmp_path / "x.tif", _random(np.uint8, 1), meta)
+    assert str(info.value).startswith(f"cannot write {str(tmp_path / 'x.tif')!r}: ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tiff_layouts(tmp_path):
     rgb = _random(np.uint16, 3)
     tifffile.imwrite(
