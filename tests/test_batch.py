@@ -284,15 +284,23 @@ def test_process_job_reference_metrics(tmp_path):
         assert record["psnr"] == pytest.approx(psnr) and record["ssim"] == pytest.approx(ssim)
         noisy_psnr, _ = image_metrics(noisy_image(), clean)
         assert record["psnr"] > noisy_psnr
-    # a missing or mismatched reference fails the job before anything is written
+    # a missing, unreadable or mismatched reference costs the metrics, never the output
     other = tmp_path / "b_d.png"
     folder = str(tmp_path / "clean")
     record = process_job(Job(src, str(other), "b.png"), PARAMS, "error", None, folder)
-    assert record["status"] == "error" and "reference" in record["error"]
+    assert record["status"] == "ok" and other.exists()
+    assert record["psnr"] is None and record["ssim"] is None
+    assert "no reference image" in record["warning"] and "b.png" in record["warning"]
+    other.unlink()
     small = save(tmp_path / "small.png", clean[:10])
     record = process_job(Job(src, str(other), "a.png"), PARAMS, "error", None, small)
-    assert record["status"] == "error" and "shape" in record["error"]
-    assert not other.exists()
+    assert record["status"] == "ok" and record["psnr"] is None and "shape" in record["warning"]
+    other.unlink()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    record = process_job(Job(src, str(other), "a.png"), PARAMS, "error", None, str(broken))
+    assert record["status"] == "ok" and "unreadable" in record["warning"]
+    assert read(other).shape == clean.shape
 
 
 def test_image_metrics_and_data_range():

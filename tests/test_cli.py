@@ -21,6 +21,7 @@ RECORD_FIELDS = {
     "output",
     "status",
     "error",
+    "warning",
     "method",
     "parameters",
     "sigma",

@@ -22,11 +22,11 @@ from nlattn.batch import (
     DASK_INSTALL,
     MissingDependencyError,
     SchedulerError,
-    _host_slots,
     collect_inputs,
     require_dask,
     run_jobs,
 )
+from nlattn.batch.cluster import _host_slots
 
 FAST = ["--patch-radius", "1", "--search-radius", "3", "--sigma", "10"]
 PARAMS = {
