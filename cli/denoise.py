@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -93,7 +96,8 @@ DEMO_FILES = ("demo_noisy.png", "demo_denoised.png")
     "--demo",
     is_flag=True,
     help="No INPUT: add noise (sigma 25) to scikit-image's camera picture, denoise it, report "
-    "PSNR before and after, write demo_noisy.png and demo_denoised.png into -o.",
+    "PSNR before and after, write demo_noisy.png and demo_denoised.png into -o (replacing "
+    "those of an earlier demo).",
 )
 @verbose_option
 @quiet_option
@@ -208,21 +212,24 @@ def denoise(
             nlattn,
             dict(params, sigma=demo_sigma),
             output=output or ".",
-            overwrite=overwrite,
             n_threads=n_threads,
             as_json=as_json,
             quiet=quiet,
         )
         return
 
-    from nlattn.batch import MissingDependencyError, SchedulerError, collect_inputs, run_jobs
+    from nlattn.batch import (
+        MissingDependencyError,
+        SchedulerError,
+        check_scheduler_address,
+        collect_inputs,
+        run_jobs,
+    )
 
     if scheduler is not None:
-        from nlattn.batch import require_dask
-
         try:
-            require_dask()
-        except MissingDependencyError as exc:
+            check_scheduler_address(scheduler)
+        except (MissingDependencyError, ValueError) as exc:
             raise ParameterError(f"--scheduler: {exc}") from None
 
     jobs, warnings = collect_inputs(
@@ -232,14 +239,17 @@ def denoise(
         for line in warnings:
             click.echo(f"warning: {line}", err=True)
     if not jobs:
-        click.echo(f"error: no images found in {', '.join(inputs)}", err=True)
+        from nlattn.batch import printable
+
+        shown = ", ".join(printable(item) for item in inputs)
+        click.echo(f"error: no images found in {shown}", err=True)
         ctx.exit(1)
 
     policy = "overwrite" if overwrite else "skip" if skip_existing else "error"
     reporter = _Reporter(len(jobs), as_json=as_json, verbose=verbose, quiet=quiet)
     start = time.perf_counter()
     try:
-        with reporter:
+        with reporter, _terminate_as_interrupt():
             records = run_jobs(
                 jobs,
                 params=params,
@@ -255,11 +265,38 @@ def denoise(
     except SchedulerError as exc:
         click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing now
+        done = reporter.done
+        click.echo(
+            f"interrupted: {done} of {len(jobs)} input{'s' if len(jobs) != 1 else ''} done; "
+            "the others are left as they were (rerun with --skip-existing to finish)",
+            err=True,
+        )
+        ctx.exit(130)
     elapsed = time.perf_counter() - start
     failed = sum(record["status"] == "error" for record in records)
     if not quiet and not as_json:
         click.echo(_summary(records, elapsed))
     ctx.exit(1 if failed else 0)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (``kill``, a job scheduler's stop) ends the batch the way Ctrl-C does: workers
+    stopped, temporary files removed, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _validate(nlattn, params: dict, n_threads: int | None) -> None:
@@ -300,8 +337,11 @@ def _option_names(message: str) -> str:
 class _Reporter:
     """Shows the batch's progress on stderr and its JSON records on stdout.
 
-    A progress bar when stderr is a terminal (errors are printed after it), else one short line
-    per file unless --json or --quiet.  Errors are always printed, one line each.
+    On a terminal, a progress bar (tqdm: done/total, elapsed time, estimate of the rest, kept
+    ticking while a long image is denoised), with errors and warnings printed above it; with
+    --json the bar still goes to stderr.  Elsewhere, one short line per file unless --json or
+    --quiet.  Errors are always printed, one line each, file names with control characters
+    escaped.
     """
 
     def __init__(self, total: int, *, as_json: bool, verbose: bool, quiet: bool) -> None:
@@ -312,21 +352,33 @@ class _Reporter:
         self.quiet = quiet
         self.use_bar = (not quiet) and (not verbose) and _stderr_is_terminal()
         self.lines = not (quiet or as_json or self.use_bar)
-        self.deferred: list[str] = []
         self.bar = None
+        self.ticking = threading.Event()
 
     def __enter__(self) -> _Reporter:
         if self.use_bar:
-            self.bar = click.progressbar(
-                length=self.total, label="denoising", file=sys.stderr, show_pos=True
-            )
-            self.bar.__enter__()
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.total, desc="denoising", unit="image", file=sys.stderr, leave=True,
+                dynamic_ncols=True,
+            )  # fmt: skip
+            threading.Thread(target=self._tick, name="nlattn-progress", daemon=True).start()
         return self
 
+    def _tick(self) -> None:
+        while not self.ticking.wait(1.0):
+            self.bar.refresh()
+
     def __exit__(self, *exc_info) -> None:
+        self.ticking.set()
         if self.bar is not None:
-            self.bar.__exit__(*exc_info)
-        for line in self.deferred:
+            self.bar.close()
+
+    def _echo(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
             click.echo(line, err=True)
 
     def record(self, record: dict) -> None:
@@ -334,22 +386,26 @@ class _Reporter:
         if self.as_json:
             click.echo(json.dumps(record))
             sys.stdout.flush()
+        from nlattn.batch import printable
+
+        name = printable(record["input"])
         if record["status"] == "error":
-            line = f"error: {record['input']}: {record['error']}"
-            if self.bar is not None:
-                self.deferred.append(line)
-            else:
-                click.echo(line, err=True)
+            self._echo(f"error: {name}: {printable(record['error'])}")
         elif self.lines or (self.verbose and not self.quiet):
-            click.echo(self._line(record), err=True)
+            self._echo(self._line(record))
+        if record.get("warning") and not self.quiet:
+            self._echo(f"warning: {name}: {printable(record['warning'])}")
         if self.bar is not None:
             self.bar.update(1)
 
     def _line(self, record: dict) -> str:
+        from nlattn.batch import printable
+
         head = f"[{self.done}/{self.total}]"
+        name, output = printable(record["input"]), printable(record["output"])
         if record["status"] == "skipped":
-            return f"{head} skipped {record['input']} ({record['output']} exists)"
-        line = f"{head} {record['input']} -> {record['output']}"
+            return f"{head} skipped {name} ({output} exists)"
+        line = f"{head} {name} -> {output}"
         if self.verbose:
             line += f"  sigma {record['sigma']:.4g}, {record['seconds']:.2f} s"
             if record["psnr"] is not None or record["ssim"] is not None:
@@ -395,7 +451,6 @@ def _run_demo(
     params: dict,
     *,
     output: str,
-    overwrite: bool,
     n_threads: int | None,
     as_json: bool,
     quiet: bool,
@@ -406,12 +461,12 @@ def _run_demo(
 
     from nlattn.batch import image_metrics
 
+    # the demo's own two files are replaced on a rerun (the quick start must work twice)
     noisy_path, denoised_path = (os.path.join(output, name) for name in DEMO_FILES)
-    existing = [path for path in (noisy_path, denoised_path) if os.path.exists(path)]
-    if existing and not overwrite:
-        for path in existing:
-            click.echo(f"error: {path}: exists (use --overwrite to replace it)", err=True)
-        ctx.exit(1)
+    for path in (noisy_path, denoised_path):
+        if os.path.isdir(path):
+            click.echo(f"error: {path}: is a folder", err=True)
+            ctx.exit(1)
 
     clean = data.camera()
     rng = np.random.default_rng(params["seed"])
@@ -428,9 +483,13 @@ def _run_demo(
 
     psnr_noisy, ssim_noisy = image_metrics(np.clip(noisy, 0, 255), clean, dtype=np.uint8)
     psnr, ssim = image_metrics(np.clip(denoised, 0, 255), clean, dtype=np.uint8)
-    os.makedirs(output, exist_ok=True)
-    nlattn.write_image(noisy_path, as_uint8(noisy))
-    nlattn.write_image(denoised_path, as_uint8(denoised))
+    try:
+        os.makedirs(output, exist_ok=True)
+        nlattn.write_image(noisy_path, as_uint8(noisy))
+        nlattn.write_image(denoised_path, as_uint8(denoised))
+    except OSError as exc:
+        click.echo(f"error: cannot write the demo's images into {output}: {exc}", err=True)
+        ctx.exit(1)
 
     if as_json:
         record = {

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
-def warmup() -> dict[str, float]:
+def warmup(on_step: Callable[[str, float], None] | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every Numba kernel of nlattn.
+
+    Parameters
+    ----------
+    on_step : callable or None, default None
+        Called with each group's name and seconds as soon as the group is compiled (a first
+        run takes minutes: this is its progress).
 
     Returns
     -------
@@ -30,12 +37,17 @@ def warmup() -> dict[str, float]:
     colour = rng.random((9, 11, 3)).astype(np.float32)
     timings: dict[str, float] = {}
 
+    def done(name: str, start: float) -> None:
+        timings[name] = time.perf_counter() - start
+        if on_step is not None:
+            on_step(name, timings[name])
+
     start = time.perf_counter()
     for aggregation in ("patch", "pixel"):
         for image in (grey, colour):
             nl_means(image, "nlm", sigma=0.1, patch_radius=1, search_radius=2,
                      aggregation=aggregation)
-    timings["nlm (windowed)"] = time.perf_counter() - start
+    done("nlm (windowed)", start)
 
     from nlattn.denoise import estimate_sigma
 
@@ -43,16 +55,16 @@ def warmup() -> dict[str, float]:
     for image in (grey, colour):
         nl_means(image, "nlm2", sigma=0.1)
     estimate_sigma(rng.random((32, 32)).astype(np.float32))
-    timings["nlm2 (two-stage) and noise estimation"] = time.perf_counter() - start
+    done("nlm2 (two-stage) and noise estimation", start)
 
     start = time.perf_counter()
     for image in (grey, colour):
         extract_patches(image, 1)
-    timings["patch vectors"] = time.perf_counter() - start
+    done("patch vectors", start)
 
     start = time.perf_counter()
     warmup_skimage_compat()
-    timings["denoise_nl_means (scikit-image drop-in)"] = time.perf_counter() - start
+    done("denoise_nl_means (scikit-image drop-in)", start)
 
     from nlattn.attention import attention, attention_rows
 
@@ -61,7 +73,7 @@ def warmup() -> dict[str, float]:
     for method in ("exact", "local"):
         attention(tokens, tokens, colour, method)
         attention_rows(tokens, tokens, [(0, 0), (8, 10)], method)
-    timings["attention (exact, local)"] = time.perf_counter() - start
+    done("attention (exact, local)", start)
 
     start = time.perf_counter()
     attention(tokens, tokens, colour, "scram", k=4)
@@ -70,7 +82,7 @@ def warmup() -> dict[str, float]:
         for image in (grey, colour):
             nl_means(image, "scram", sigma=0.1, patch_radius=1, search_radius=1, k=4,
                      aggregation=aggregation)
-    timings["PatchMatch, scram attention and denoising"] = time.perf_counter() - start
+    done("PatchMatch, scram attention and denoising", start)
 
     from nlattn.attention import METHODS
 
@@ -82,5 +94,5 @@ def warmup() -> dict[str, float]:
         attention_rows(tokens, tokens, [(0, 0), (8, 10)], method)
         if method == "efficient":
             attention(tokens, tokens, colour, method, variant="scaling")
-        timings[f"attention ({method})"] = time.perf_counter() - start
+        done(f"attention ({method})", start)
     return timings

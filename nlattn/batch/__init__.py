@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from nlattn.batch._text import printable
 from nlattn.batch.cluster import (
     DASK_INSTALL,
     DaskExecutor,
@@ -68,6 +69,7 @@ __all__ = [
     "implausible_result",
     "iter_records",
     "output_path",
+    "printable",
     "process_job",
     "remove_stale_temporaries",
     "require_dask",
