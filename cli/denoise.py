@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -225,12 +226,17 @@ def denoise(
         collect_inputs,
         run_jobs,
     )
+    from nlattn.batch.cluster import distributed_loggers
 
     if scheduler is not None:
         try:
             check_scheduler_address(scheduler)
         except (MissingDependencyError, ValueError) as exc:
             raise ParameterError(f"--scheduler: {exc}") from None
+        # what distributed would log (tracebacks of lost connections, even after the batch,
+        # while its client shuts down) reaches the user as error records instead
+        for logger in distributed_loggers():
+            logger.setLevel(logging.CRITICAL)
 
     jobs, warnings = collect_inputs(
         list(inputs), recursive=recursive, output_dir=output, suffix=suffix
@@ -249,7 +255,7 @@ def denoise(
     reporter = _Reporter(len(jobs), as_json=as_json, verbose=verbose, quiet=quiet)
     start = time.perf_counter()
     try:
-        with reporter, _terminate_as_interrupt():
+        with reporter, _signals_as_one_interrupt():
             records = run_jobs(
                 jobs,
                 params=params,
@@ -266,7 +272,8 @@ def denoise(
         click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing now
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C changes nothing now
+            signal.signal(sig, signal.SIG_IGN)
         done = reporter.done
         click.echo(
             f"interrupted: {done} of {len(jobs)} input{'s' if len(jobs) != 1 else ''} done; "
@@ -282,21 +289,26 @@ def denoise(
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (``kill``, a job scheduler's stop) ends the batch the way Ctrl-C does: workers
-    stopped, temporary files removed, exit 130."""
+def _signals_as_one_interrupt():
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, a job scheduler's stop) both end the batch once,
+    as :class:`KeyboardInterrupt`: workers stopped, temporary files removed, exit 130.  The
+    first signal ignores every later one, so a second Ctrl-C can never interrupt the cleanup
+    (nor print a traceback)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _validate(nlattn, params: dict, n_threads: int | None) -> None:

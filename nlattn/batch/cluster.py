@@ -33,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "SchedulerError",
     "check_scheduler_address",
+    "distributed_loggers",
     "require_dask",
 ]
 
@@ -148,10 +149,23 @@ def _timeout_seconds() -> float:
     return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
 
 
+def distributed_loggers() -> list[logging.Logger]:
+    """The loggers ``distributed`` configures with handlers of their own (it sets levels on
+    ``distributed``, ``distributed.client`` and others, which do not propagate)."""
+    names = ["distributed", "distributed.client", "tornado", "asyncio"]
+    names += [
+        name
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("distributed.") and isinstance(logger, logging.Logger)
+        and (logger.level or logger.handlers)
+    ]
+    return [logging.getLogger(name) for name in dict.fromkeys(names)]
+
+
 @contextlib.contextmanager
 def _distributed_logs_held() -> Iterator[None]:
     """Raise the ``distributed`` loggers to CRITICAL in the block; restore them after."""
-    loggers = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
+    loggers = distributed_loggers()
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -320,8 +334,8 @@ class DaskExecutor:
             elif status == "error":
                 outcomes.append(Outcome(index, lost=_task_error(future), retry=False))
             elif status in ("cancelled", "lost"):
-                lost = f"the Dask scheduler {status} its task"
-                outcomes.append(Outcome(index, lost=lost, retry=False))
+                problem = self._problem() or f"the Dask scheduler {status} its task"
+                outcomes.append(Outcome(index, lost=f"not finished: {problem}", retry=False))
             else:
                 continue
             del self.futures[index]
@@ -338,7 +352,7 @@ class DaskExecutor:
         waited = now - self.unhealthy_since
         if waited < self.timeout:
             return None
-        return f"{problem} for {waited:.0f} s (distributed.comm.timeouts.connect): not run"
+        return f"not finished: {problem} (waited {waited:.0f} s, distributed.comm.timeouts.connect)"
 
     def _problem(self) -> str | None:
         status = getattr(self.client, "status", "running")
