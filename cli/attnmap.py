@@ -74,8 +74,8 @@ _QUERY = re.compile(r"^\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*$")
     type=click.IntRange(min=1),
     default=None,
     metavar="K",
-    help="Top-k matches of the kNN methods (scram), and the k of the recall@k shown "
-    "[default: 16].",
+    help="Top-k matches of the kNN methods (scram), and the k of the recall@k shown; at most "
+    "the number of keys (pixels, or --features tokens) [default: 16].",
 )
 @click.option(
     "--window-radius",
@@ -172,7 +172,8 @@ def attnmap(
     is titled with its total variation from the exact map (TV) and the fraction of the exact
     top-k keys it finds (R@k).  The features are the NLM tokens of the image (the maps are
     global non-local means weights) or --features.  Exit status: 0 on success, 1
-    when a file cannot be read or written (or OUT exists), 2 on usage errors.
+    when a file cannot be read or written (or OUT exists), 2 on usage errors (-k above the
+    number of keys among them).
 
     \b
     Examples:
@@ -243,6 +244,8 @@ def attnmap(
     feats = None
     if features is not None:
         feats = _load_features(ctx, features, np)
+    if k is not None:
+        _check_k(k, image, pixels.shape, features, None if feats is None else feats.shape)
 
     params = {"window_radius": window_radius} if window_radius is not None else {}
     try:
@@ -277,6 +280,22 @@ def attnmap(
 def _fail(ctx: click.Context, message: str) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
     ctx.exit(1)
+
+
+def _check_k(k: int, image: str, image_shape, features: str | None, features_shape) -> None:
+    """Refuse (exit 2) a -k above the number of keys, with the library's check of k."""
+    from nlattn._validate import check_int
+
+    if features_shape is None:
+        rows, cols = image_shape[:2]
+        keys = f"the {cols}x{rows} pixels of {image}"
+    else:
+        rows, cols = features_shape[:2]
+        keys = f"the {cols}x{rows} tokens of {features}"
+    try:
+        check_int("k", k, minimum=1, maximum=rows * cols)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"{_option_names(str(exc))} (the number of keys: {keys})") from None
 
 
 def _parse_query(text: str) -> tuple[int, int]:

@@ -381,3 +381,53 @@ def test_attnmap_user_features_on_a_coarser_grid(tmp_path):
     assert result.stderr.splitlines() == [
         f"error: {tmp_path / 'flat.npy'}: features must have shape (H, W, d), got shape (10, 12)"
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# -k against the number of keys; hostile inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_error_line(result, status: int) -> str:
+    """The command's only stderr line, after checking the exit status and that nothing leaked."""
+    assert result.exit_code == status, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _no_maps(monkeypatch):
+    """Make any attention work fail the test: errors must come before it."""
+    import nlattn.maps
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("attention maps computed before the error")
+
+    monkeypatch.setattr(nlattn.maps, "attention_maps", forbidden)
+
+
+def test_attnmap_k_above_the_number_of_pixels_is_a_usage_error(tmp_path, monkeypatch):
+    src = save(tmp_path / "in.png")
+    _no_maps(monkeypatch)
+    result = run("attnmap", src, "--query", "1,1", *FAST, "-k", "100000", "-o",
+                 tmp_path / "out.png")  # fmt: skip
+    line = _one_error_line(result, 2)
+    assert f"-k must be <= {H * W}, got 100000" in line
+    assert f"{W}x{H} pixels" in line
+    assert sorted(os.listdir(tmp_path)) == ["in.png"]
+    monkeypatch.undo()
+    result = run("attnmap", src, "--query", "1,1", "--method", "exact", *FAST, "-k",
+                 H * W, "--raw", "-o", tmp_path / "out.png")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.json").read_text())["k"] == H * W
+
+
+def test_attnmap_k_above_the_number_of_tokens_is_a_usage_error(tmp_path, monkeypatch):
+    src = save(tmp_path / "in.png")
+    np.save(tmp_path / "f.npy", np.ones((4, 5, 2), np.float32))
+    _no_maps(monkeypatch)
+    result = run("attnmap", src, "--query", "1,1", "--features", tmp_path / "f.npy", "-k", "21",
+                 "-o", tmp_path / "out.png")  # fmt: skip
+    line = _one_error_line(result, 2)
+    assert "-k must be <= 20, got 21" in line and "5x4 tokens" in line
