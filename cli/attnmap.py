@@ -171,9 +171,9 @@ def attnmap(
     ringed in cyan.  Rows of panels are queries, columns are methods (exact first); each panel
     is titled with its total variation from the exact map (TV) and the fraction of the exact
     top-k keys it finds (R@k).  The features are the NLM tokens of the image (the maps are
-    global non-local means weights) or --features.  Exit status: 0 on success, 1
-    when a file cannot be read or written (or OUT exists), 2 on usage errors (-k above the
-    number of keys among them).
+    global non-local means weights) or --features.  Exit status: 0 on success; 1 when a
+    file cannot be read or written, the image or features hold NaN or infinite values, or OUT
+    exists; 2 on usage errors (-k above the number of keys among them).
 
     \b
     Examples:
@@ -230,10 +230,7 @@ def attnmap(
             click.echo(f"error: {path} exists (use --overwrite to replace it)", err=True)
         ctx.exit(1)
 
-    try:
-        pixels, _ = nlattn.read_image(image)
-    except (OSError, ValueError) as exc:
-        _fail(ctx, f"{image}: {exc}" if image not in str(exc) else str(exc))
+    pixels = _load_image(ctx, image, nlattn)
     height, width = pixels.shape[:2]
     for text, (x, y) in zip(queries, points, strict=True):
         if not (0 <= x < width and 0 <= y < height):
@@ -280,6 +277,24 @@ def attnmap(
 def _fail(ctx: click.Context, message: str) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
     ctx.exit(1)
+
+
+def _load_image(ctx: click.Context, path: str, nlattn):
+    """The pixels of IMAGE, checked as the library checks images, or exit 1 with one line.
+
+    A file that cannot be read, and an image the attention maps cannot use (NaN or infinite
+    values), are file problems: ``error: PATH: reason``.
+    """
+    from nlattn._validate import check_image
+
+    try:
+        pixels, _ = nlattn.read_image(path)
+    except (OSError, ValueError) as exc:
+        _fail(ctx, f"{path}: {exc}" if path not in str(exc) else str(exc))
+    try:
+        return check_image("image", pixels)
+    except (TypeError, ValueError) as exc:
+        _fail(ctx, f"{path}: {exc}")
 
 
 def _check_k(k: int, image: str, image_shape, features: str | None, features_shape) -> None:

@@ -431,3 +431,31 @@ def test_attnmap_k_above_the_number_of_tokens_is_a_usage_error(tmp_path, monkeyp
                  "-o", tmp_path / "out.png")  # fmt: skip
     line = _one_error_line(result, 2)
     assert "-k must be <= 20, got 21" in line and "5x4 tokens" in line
+
+
+def _tiff(path, array) -> str:
+    import tifffile
+
+    tifffile.imwrite(path, array)
+    return os.fspath(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_attnmap_image_with_nan_or_inf_is_a_file_error(tmp_path, monkeypatch, bad):
+    image = synthetic_image().astype(np.float32)
+    image[3, 4] = bad
+    src = _tiff(tmp_path / "bad.tif", image)
+    _no_maps(monkeypatch)
+    result = run("attnmap", src, "--query", "1,1", *FAST, "-o", tmp_path / "out.png")
+    line = _one_error_line(result, 1)
+    assert line == f"error: {src}: image contains NaN or infinite values"
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_attnmap_constant_image_gives_uniform_maps(tmp_path):
+    src = save(tmp_path / "flat.png", np.full((H, W), 77, np.uint8))
+    result = run("attnmap", src, "--query", "5,5", "--method", "exact", "--raw", "-o",
+                 tmp_path / "out.png")  # fmt: skip (default h: the noise estimate is 0)
+    assert result.exit_code == 0, result.output
+    rows = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(rows, 1.0 / (H * W), rtol=1e-5)
