@@ -16,9 +16,14 @@ FIGURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 _QUERY = re.compile(r"^\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*$")
 
+#: Control characters (C0, DEL, C1) and their escapes: a ``\n`` in a file name must not split an
+#: error line, nor an escape sequence drive the terminal.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), *range(127, 160))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
 
 @click.command(short_help="Draw attention maps of query pixels (methods side by side).")
-@click.argument("image", type=click.Path(dir_okay=False), metavar="IMAGE")
+@click.argument("image", type=click.Path(), metavar="IMAGE")
 @click.option(
     "--query",
     "queries",
@@ -38,7 +43,7 @@ _QUERY = re.compile(r"^\s*([+-]?\d+)\s*,\s*([+-]?\d+)\s*$")
 )
 @click.option(
     "--features",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
     metavar="FEATS.npy",
     help="Token features (H, W, d) to attend with (e.g. a vision transformer's), used as "
@@ -186,7 +191,7 @@ def attnmap(
     ext = os.path.splitext(output)[1].lower()
     if ext not in FIGURE_EXTENSIONS:
         raise ParameterError(
-            f"-o {output}: unsupported extension {ext or '(none)'!r} "
+            f"-o {_printable(output)}: unsupported extension {ext or '(none)'!r} "
             f"(use one of {', '.join(FIGURE_EXTENSIONS)})"
         )
     if features is not None:
@@ -223,11 +228,14 @@ def attnmap(
     inputs = {os.path.realpath(path) for path in (image, features) if path is not None}
     for path in targets:
         if os.path.realpath(path) in inputs:
-            raise ParameterError(f"-o {output} would overwrite the input {path}")
+            raise ParameterError(
+                f"-o {_printable(output)} would overwrite the input {_printable(path)}"
+            )
     existing = [path for path in targets if os.path.exists(path)]
     if existing and not overwrite:
         for path in existing:
-            click.echo(f"error: {path} exists (use --overwrite to replace it)", err=True)
+            shown = _printable(path)
+            click.echo(f"error: {shown} exists (use --overwrite to replace it)", err=True)
         ctx.exit(1)
 
     pixels = _load_image(ctx, image, nlattn)
@@ -235,8 +243,8 @@ def attnmap(
     for text, (x, y) in zip(queries, points, strict=True):
         if not (0 <= x < width and 0 <= y < height):
             raise ParameterError(
-                f"--query {text.strip()} is outside the image {image} ({width}x{height}: "
-                f"0 <= X < {width}, 0 <= Y < {height})"
+                f"--query {_printable(text.strip())} is outside the image {_printable(image)} "
+                f"({width}x{height}: 0 <= X < {width}, 0 <= Y < {height})"
             )
     feats = None
     if features is not None:
@@ -269,13 +277,27 @@ def attnmap(
             write_bytes(targets[2], (json.dumps(record, indent=1) + "\n").encode())
         nlattn.write_image(output, picture)
     except (OSError, ValueError) as exc:
-        _fail(ctx, f"cannot write {output}: {exc}")
+        _fail(ctx, f"cannot write {_printable(output)}: {_reason(exc)}")
 
     _report(result, picture.shape, targets)
 
 
+def _printable(text: str) -> str:
+    """``text`` (a file name) with control characters escaped (``\\n``, ``\\x1b``), so that a
+    message naming it stays on one line; surrogates of undecodable names become ``\\udcXX``."""
+    text = str(text).translate(_ESCAPES)
+    return "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line (whitespace runs joined), control characters escaped;
+    its type's name when it has none."""
+    return _printable(" ".join(str(exc).split()) or type(exc).__name__)
+
+
 def _fail(ctx: click.Context, message: str) -> None:
-    click.echo(f"error: {' '.join(message.split())}", err=True)
+    """Print ``error: message`` on one line (control characters escaped) and exit 1."""
+    click.echo(f"error: {_printable(message)}", err=True)
     ctx.exit(1)
 
 
@@ -289,12 +311,12 @@ def _load_image(ctx: click.Context, path: str, nlattn):
 
     try:
         pixels, _ = nlattn.read_image(path)
-    except (OSError, ValueError) as exc:
-        _fail(ctx, f"{path}: {exc}" if path not in str(exc) else str(exc))
+    except (OSError, ValueError) as exc:  # ImageReadError: the message names the file
+        _fail(ctx, _reason(exc))
     try:
         return check_image("image", pixels)
     except (TypeError, ValueError) as exc:
-        _fail(ctx, f"{path}: {exc}")
+        _fail(ctx, f"{_printable(path)}: {_reason(exc)}")
 
 
 def _check_k(k: int, image: str, image_shape, features: str | None, features_shape) -> None:
@@ -303,10 +325,10 @@ def _check_k(k: int, image: str, image_shape, features: str | None, features_sha
 
     if features_shape is None:
         rows, cols = image_shape[:2]
-        keys = f"the {cols}x{rows} pixels of {image}"
+        keys = f"the {cols}x{rows} pixels of {_printable(image)}"
     else:
         rows, cols = features_shape[:2]
-        keys = f"the {cols}x{rows} tokens of {features}"
+        keys = f"the {cols}x{rows} tokens of {_printable(features)}"
     try:
         check_int("k", k, minimum=1, maximum=rows * cols)
     except (TypeError, ValueError) as exc:
@@ -336,18 +358,23 @@ def _parse_methods(methods: tuple[str, ...]) -> list[str]:
 
 def _load_features(ctx: click.Context, path: str, np):
     """The user's (H, W, d) feature array, or exit 1 with one line."""
+    shown = _printable(path)
+    if os.path.isdir(path):
+        _fail(ctx, f"{shown}: cannot read features: is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):  # np.load would wait on a FIFO
+        _fail(ctx, f"{shown}: cannot read features: not a regular file")
     try:
         feats = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        _fail(ctx, f"{path}: cannot read features: {exc}")
+        _fail(ctx, f"{shown}: cannot read features: {_reason(exc)}")
     if not isinstance(feats, np.ndarray):
-        _fail(ctx, f"{path}: cannot read features: not a single .npy array")
+        _fail(ctx, f"{shown}: cannot read features: not a single .npy array")
     if feats.ndim != 3 or min(feats.shape) == 0:
-        _fail(ctx, f"{path}: features must have shape (H, W, d), got shape {feats.shape}")
+        _fail(ctx, f"{shown}: features must have shape (H, W, d), got shape {feats.shape}")
     if not (np.issubdtype(feats.dtype, np.floating) or np.issubdtype(feats.dtype, np.integer)):
-        _fail(ctx, f"{path}: features must hold numbers, got dtype {feats.dtype}")
+        _fail(ctx, f"{shown}: features must hold numbers, got dtype {feats.dtype}")
     if not np.isfinite(feats).all():
-        _fail(ctx, f"{path}: features contain NaN or infinite values")
+        _fail(ctx, f"{shown}: features contain NaN or infinite values")
     return feats
 
 
@@ -404,6 +431,6 @@ def _report(result, shape: tuple[int, ...], targets: list[str]) -> None:
         )
     click.echo(f"{result.description}")
     height, width = shape[:2]
-    click.echo(f"wrote {targets[0]} ({width}x{height})" + "".join(
-        f", {path}" for path in targets[1:]
+    click.echo(f"wrote {_printable(targets[0])} ({width}x{height})" + "".join(
+        f", {_printable(path)}" for path in targets[1:]
     ))

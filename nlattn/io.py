@@ -17,15 +17,15 @@ The array is ``(H, W)`` for grey and ``(H, W, 3)`` for colour, C-contiguous and 
 channel is split off into :attr:`ImageMeta.alpha` (same dtype as the image) so that the pixels can
 go straight to the denoiser, and :func:`write_image` re-attaches it; so is a TIFF's extra channel
 that is not alpha, with :attr:`ImageMeta.extra_sample` saying what the file tags it as, so that
-it is written back with the same tag. The EXIF orientation is
-applied on read (to the image and its alpha alike). WebP cannot store grey images, so a WebP
-whose colour channels are all equal is returned as grey; this is exact and makes grey WebP round
-trips give back what was written.
+it is written back with the same tag. The EXIF orientation is applied on read (to the image and
+its alpha alike). WebP cannot store grey images, so a WebP whose colour channels are all equal is
+returned as grey; this is exact and makes grey WebP round trips give back what was written.
 
 Errors
 ------
-Everything that makes a file unreadable (missing, empty, not an image, unsupported, truncated,
-corrupt, a zero dimension, more than :data:`MAX_PIXELS` pixels) raises :class:`ImageReadError`, a
+Everything that makes a file unreadable (missing, a directory or another file that is not a regular
+file, such as a FIFO or a device, empty, not an image, unsupported, truncated, corrupt, a zero
+dimension, more than :data:`MAX_PIXELS` pixels) raises :class:`ImageReadError`, a
 ``ValueError`` whose message is one line naming the file and the reason. Truncated files are never
 accepted: the PNG chunk structure, the JPEG end-of-image marker and the WebP RIFF size are checked
 before decoding (Pillow decodes a JPEG that lost only its last bytes without complaint), and
@@ -45,6 +45,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -633,6 +634,46 @@ def _decode_reason(fmt: str, exc: BaseException) -> str:
     return f"corrupt or unsupported {fmt} file ({message})"
 
 
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO or pipe"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def _open_regular(name: str) -> IO[bytes]:
+    """Open a regular file for binary reading; refuse anything else without blocking.
+
+    The file is opened non-blocking, so that a FIFO without a writer is refused at once instead
+    of blocking the open forever; pipes, devices and sockets are refused as well (the readers
+    seek, and a device may never end). Raises IsADirectoryError for a directory and
+    :class:`_Unreadable` for other special files. The file object's ``name`` is ``name``
+    (tifffile uses it).
+    """
+
+    def opener(path: str, flags: int) -> int:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise _Unreadable(f"not a regular file ({_special_kind(mode)})")
+            if os.name == "posix":
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return open(name, "rb", opener=opener)
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """Read an image file into an array in its own dtype, alpha split off.
 
@@ -656,7 +697,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     ------
     ImageReadError
         (a ``ValueError``) with a one-line message ``cannot read '<path>': <reason>`` when the file
-        is missing, unreadable, empty, not a supported image, truncated or corrupt, has a zero
+        is missing, unreadable, a directory or not a regular file (a FIFO, a device: refused at
+        once, never waited on), empty, not a supported image, truncated or corrupt, has a zero
         dimension, or has more than :data:`MAX_PIXELS` pixels.
     TypeError
         If ``path`` is not a str or os.PathLike.
@@ -676,7 +718,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """
     name = _path_str(path)
     try:
-        with open(name, "rb") as f:
+        with _open_regular(name) as f:
             file_size = os.fstat(f.fileno()).st_size
             head = f.read(16)
             if not head:

@@ -459,3 +459,132 @@ def test_attnmap_constant_image_gives_uniform_maps(tmp_path):
     assert result.exit_code == 0, result.output
     rows = np.load(tmp_path / "out.npy")
     np.testing.assert_allclose(rows, 1.0 / (H * W), rtol=1e-5)
+
+
+def _grey(shape) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, shape).astype(np.uint8)
+
+
+GOOD_ODD_INPUTS = {
+    "int32.tif": lambda p: _tiff(p, _grey((12, 10)).astype(np.int32)),
+    "float64.tif": lambda p: _tiff(p, _grey((12, 10)) / 255.0),
+    "bool.tif": lambda p: _tiff(p, _grey((12, 10)) > 100),
+    "uint16.png": lambda p: save(p, _grey((12, 10)).astype(np.uint16) * 257),
+    "row.png": lambda p: save(p, _grey((1, 9))),
+    "column.png": lambda p: save(p, _grey((6, 1))),
+    "pixel.png": lambda p: save(p, _grey((1, 1))),
+    "rgba.png": lambda p: save(p, np.dstack([_grey((12, 10))] * 3 + [_grey((12, 10)) // 2])),
+    "new\nline.png": lambda p: save(p, _grey((12, 10))),
+}
+
+
+@pytest.mark.parametrize("name", list(GOOD_ODD_INPUTS), ids=repr)
+def test_attnmap_odd_but_valid_images(tmp_path, name):
+    import nlattn
+
+    src = GOOD_ODD_INPUTS[name](tmp_path / name)
+    pixels, _ = nlattn.read_image(src)  # the io policy: int -> float32, bool -> 0/255...
+    out = tmp_path / "out.png"
+    result = run("attnmap", src, "--query", "0,0", "--method", "exact", "--patch-radius", "1",
+                 "--raw", "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and "Traceback" not in result.output
+    rows = np.load(tmp_path / "out.npy")
+    assert rows.shape == (1, 1) + pixels.shape[:2]
+    np.testing.assert_allclose(rows.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    assert read(out).ndim == 3
+
+
+def _fifo(path) -> str:
+    os.mkfifo(path)
+    return os.fspath(path)
+
+
+def _folder(path) -> str:
+    path.mkdir()
+    return os.fspath(path)
+
+
+def _bytes(data: bytes):
+    def make(path) -> str:
+        path.write_bytes(data)
+        return os.fspath(path)
+
+    return make
+
+
+BAD_INPUTS = {
+    "empty.png": (_bytes(b""), "empty file"),
+    "folder.png": (_folder, "is a directory"),
+    "big.tif": (lambda p: _tiff(p, np.full((4, 4), 2**25, np.int32)), "+-2**24"),
+    "new\nline.png": (_bytes(b"junk"), "not a supported image"),
+    "fifo.png": (_fifo, "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS), ids=repr)
+def test_attnmap_unusable_files_are_one_line_file_errors(tmp_path, monkeypatch, name):
+    import threading
+
+    make, reason = BAD_INPUTS[name]
+    if name == "fifo.png" and not hasattr(os, "mkfifo"):
+        pytest.skip("needs os.mkfifo")
+    src = make(tmp_path / name)
+    done = threading.Event()
+
+    def rescue():  # a reader blocked on a FIFO would hang the suite: give it a writer
+        while not done.wait(0.1):
+            try:
+                os.close(os.open(src, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    rescuer = threading.Thread(target=rescue, daemon=True)
+    if name == "fifo.png":
+        rescuer.start()
+    _no_maps(monkeypatch)
+    try:
+        result = run("attnmap", src, "--query", "0,0", *FAST, "-o", tmp_path / "out.png")
+    finally:
+        done.set()
+    line = _one_error_line(result, 1)
+    assert line.startswith("error: ") and reason in line, line
+    assert repr(src)[1:-1] in line  # the name, control characters escaped
+    assert "\n" not in src or src.replace("\n", " ") not in line  # not mangled
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_attnmap_features_that_are_a_folder_or_a_fifo(tmp_path, monkeypatch):
+    src = save(tmp_path / "in.png")
+    (tmp_path / "f.npy").mkdir()
+    _no_maps(monkeypatch)
+    result = run("attnmap", src, "--query", "0,0", "--features", tmp_path / "f.npy", "-o",
+                 tmp_path / "out.png")  # fmt: skip
+    assert "is a directory" in _one_error_line(result, 1)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "g.npy")
+        result = run("attnmap", src, "--query", "0,0", "--features", tmp_path / "g.npy", "-o",
+                     tmp_path / "out.png")  # fmt: skip
+        assert "not a regular file" in _one_error_line(result, 1)
+
+
+def test_attnmap_messages_naming_odd_file_names_stay_on_one_line(tmp_path):
+    src = save(tmp_path / "in\nput.png")
+    shown = repr(src)[1:-1]
+    # a usage error naming the image
+    result = run("attnmap", src, "--query", "99,1", *FAST, "-o", tmp_path / "out.png")
+    assert shown in _one_error_line(result, 2)
+    # an existing output, an unsupported output extension
+    out = tmp_path / "o\tut\x1b.png"
+    out.write_bytes(b"previous")
+    result = run("attnmap", src, "--query", "1,1", *FAST, "-o", out)
+    assert _one_error_line(result, 1) == (
+        f"error: {repr(str(out))[1:-1]} exists (use --overwrite to replace it)"
+    )
+    result = run("attnmap", src, "--query", "1,1", *FAST, "-o", tmp_path / "x\n.gif")
+    assert "\\n" in _one_error_line(result, 2)
+    # success: the report names the output on one line
+    result = run("attnmap", src, "--query", "1,1", "--method", "exact", *FAST, "--overwrite",
+                 "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith(f"wrote {repr(str(out))[1:-1]} (")

@@ -10,6 +10,8 @@ import errno
 import io
 import os
 import struct
+import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -671,6 +673,35 @@ def test_missing_empty_directory_text_and_unsupported(tmp_path):
     _check_read_error(tmp_path / "text.png", "not a supported image")
     Image.fromarray(_random(np.uint8, 1)).save(tmp_path / "gif.png", format="GIF")
     _check_read_error(tmp_path / "gif.png", "not a supported image")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def rescue():  # a reader blocked on the FIFO would hang the suite: give it a writer
+        while not done.wait(0.1):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    rescuer = threading.Thread(target=rescue, daemon=True)
+    start = time.monotonic()
+    rescuer.start()
+    try:
+        _check_read_error(fifo, "not a regular file", "fifo")
+    finally:
+        done.set()
+        rescuer.join()
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_device_is_refused(tmp_path):
+    _check_read_error(Path("/dev/null"), "not a regular file", "character device")
 
 
 def _cuts(n: int) -> list[int]:
