@@ -454,8 +454,9 @@ def test_attnmap_image_with_nan_or_inf_is_a_file_error(tmp_path, monkeypatch, ba
 
 def test_attnmap_constant_image_gives_uniform_maps(tmp_path):
     src = save(tmp_path / "flat.png", np.full((H, W), 77, np.uint8))
+    # the default h: the noise estimate is 0 on a constant image
     result = run("attnmap", src, "--query", "5,5", "--method", "exact", "--raw", "-o",
-                 tmp_path / "out.png")  # fmt: skip (default h: the noise estimate is 0)
+                 tmp_path / "out.png")  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = np.load(tmp_path / "out.npy")
     np.testing.assert_allclose(rows, 1.0 / (H * W), rtol=1e-5)
