@@ -326,8 +326,10 @@ class DaskExecutor:
             if status == "finished":
                 try:
                     record = future.result(timeout=self.timeout)
-                except Exception as exc:  # noqa: BLE001 - the result was lost with its worker
-                    outcomes.append(Outcome(index, lost=f"its result was lost ({one_line(exc)})"))
+                except Exception:  # noqa: BLE001 - the record was lost with its worker
+                    problem = self._problem() or "its worker or the scheduler was lost"
+                    lost = f"its record did not come back from the Dask cluster: {problem}"
+                    outcomes.append(Outcome(index, lost=lost, retry=False))
                 else:
                     outcome = _as_local(record, job, remote, self.reference, self.remote_reference)
                     outcomes.append(Outcome(index, record=outcome))

@@ -17,8 +17,10 @@ decides everything else the same way for all of them:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +102,18 @@ def _lost_text(lost: str | None, attempts: int) -> str:
     return reason
 
 
+def _unconfirmed(error: str, job: Job, since: float) -> str:
+    """``error``, saying so when the job's output was written during the batch all the same
+    (a worker that finished while its record was lost with the scheduler)."""
+    try:
+        written = os.stat(job.output).st_mtime >= since
+    except OSError:
+        written = False
+    if written:
+        return f"{error}; its output was written, but unconfirmed: check it or rerun it"
+    return error
+
+
 def run_executor(
     executor: Executor, jobs: list[Job], runnable: list[int], params: dict
 ) -> Iterator[tuple[int, dict]]:
@@ -128,6 +142,7 @@ def run_executor(
     or when the consumer closes the generator, the executor is stopped, the temporary files of
     the jobs in flight are removed, and the exception propagates.
     """
+    since = time.time() - 1.0  # file times may be coarser than the clock
     queue = deque(runnable)
     in_flight: set[int] = set()
     attempts: Counter[int] = Counter()
@@ -149,7 +164,7 @@ def run_executor(
                 if outcome.retry and attempts[index] <= executor.retries:
                     queue.appendleft(index)
                     continue
-                error = _lost_text(outcome.lost, attempts[index])
+                error = _unconfirmed(_lost_text(outcome.lost, attempts[index]), jobs[index], since)
                 yield index, make_record(jobs[index], params, error=error)
             failure = executor.failure()
             if failure is not None:
@@ -160,7 +175,8 @@ def run_executor(
                     executor.stop()
                     remove_stale_temporaries(jobs[index] for index in unfinished)
                 for index in unfinished:
-                    yield index, make_record(jobs[index], params, error=failure)
+                    error = _unconfirmed(failure, jobs[index], since)
+                    yield index, make_record(jobs[index], params, error=error)
         completed = True
     finally:
         with interrupts_held():
