@@ -47,6 +47,7 @@ import re
 import secrets
 import stat
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ from typing import IO, Any
 import numpy as np
 import png
 import tifffile
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 from PIL import (
     BmpImagePlugin,
     Image,
@@ -1020,6 +1026,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         f, tmp = _open_temp(os.path.dirname(os.path.abspath(name)), os.path.basename(name), ext)
     except OSError as exc:
         raise _folder_error(exc, name) from None
+    lock = _hold(tmp)  # until the rename: another batch must not take it for a leftover
     try:
         with f:
             yield f
@@ -1038,6 +1045,71 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         ):
             raise OSError(exc.errno, exc.strerror, name) from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+#: A temporary file younger than this is never taken for a leftover (seconds): it covers the
+#: moment between the file's creation and its lock.
+STALE_AFTER_SECONDS = 2.0
+
+
+def _hold(tmp: str) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on ``tmp`` (None where there is none)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_temporary(path: str | os.PathLike) -> bool:
+    """Remove an atomic write's temporary file if it is a leftover; whether it was removed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A temporary file (see :func:`temporary_target`).
+
+    Returns
+    -------
+    bool
+        True when the file was removed: a regular file (not a link), no longer being written,
+        at least ``STALE_AFTER_SECONDS`` old.
+
+    Notes
+    -----
+    A file being written is locked (``flock``) by its writer until it is renamed, so a second
+    batch writing into the same folder never removes the temporary file of a write that is
+    still going on in the first: only those of writes that were killed.  Where ``flock`` does
+    not exist, age alone decides.
+    """
+    path = os.fspath(path)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < STALE_AFTER_SECONDS:
+        return False
+    lock = _hold(path)
+    if lock is None and fcntl is not None:
+        return False  # being written (or unreadable)
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import numpy as np
 import pytest
@@ -373,10 +374,23 @@ def test_remove_stale_temporaries_only_of_the_batch_outputs(tmp_path):
     mine = tmp_path / "out" / ".a_denoised.png.0123456789ab.tmp.png"
     other = tmp_path / "out" / ".b_denoised.png.0123456789ab.tmp.png"
     kept = tmp_path / "out" / ".a_denoised.png.notatoken.tmp.png"
+    hour_ago = time.time() - 3600
     for path in (mine, other, kept):
         path.write_bytes(b"partial")
+        os.utime(path, (hour_ago, hour_ago))
     assert remove_stale_temporaries(jobs) == [str(mine)]
     assert not mine.exists() and other.exists() and kept.exists()
+    # a write in progress (another batch's, into the same folder) is locked: left alone, as is
+    # a temporary file too young to tell
+    import fcntl
+
+    mine.write_bytes(b"partial")
+    os.utime(mine, (hour_ago, hour_ago))
+    with open(mine, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert remove_stale_temporaries(jobs) == [] and mine.exists()
+    os.utime(mine, None)
+    assert remove_stale_temporaries(jobs) == [] and mine.exists()
     # an output folder that does not exist yet is fine
     jobs, _ = collect_inputs([str(tmp_path / "a.png")], output_dir=str(tmp_path / "new"))
     assert remove_stale_temporaries(jobs) == []

@@ -175,6 +175,9 @@ def kill_and_resume(tmp_path, batch, extra: list[str], kill_group: bool) -> None
     stale = os.path.join(out_dir, ".im23_denoised.png.0123456789ab.tmp.png")
     with open(stale, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n partial")
+    hour_ago = time.time() - 3600
+    for name in temporaries(out_dir):  # leftovers are old; a fresh one may be a live write
+        os.utime(os.path.join(out_dir, name), (hour_ago, hour_ago))
     result = subprocess.run(
         cli_command("denoise", inputs_dir, "-o", out_dir, "--skip-existing", "--json", *SLOW),
         capture_output=True,
@@ -217,6 +220,9 @@ def test_temporary_files_are_never_inputs_and_are_removed(tmp_path):
     stale.write_bytes(b"\x89PNG\r\n\x1a\n")
     other = tmp_path / ".unrelated.png.00112233aabb.tmp.png"  # not an output of this batch
     other.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for path in (stale, other):
+        os.utime(path, (hour_ago, hour_ago))
     result = CliRunner().invoke(cli, ["denoise", str(tmp_path), "--json", *SLOW[:6]])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]

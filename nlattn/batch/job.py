@@ -381,11 +381,12 @@ def remove_stale_temporaries(jobs: Iterable[Job]) -> list[str]:
     renamed when complete (:func:`nlattn.io.atomic_file`).  The temporary file itself stays.
     It never looks like an output or an input (its name starts with a dot, so folder scans and
     shell globs pass it by), and the next batch that writes the same output removes it here,
-    before any job runs.  Only temporary files of this batch's own outputs are touched: two
-    batches writing the same outputs at the same time are not supported anyway.  One directory
-    listing per output folder.
+    before any job runs.  Only temporary files of this batch's own outputs are touched, and only
+    those no write holds any more (:func:`nlattn.io.remove_stale_temporary`): a second batch
+    writing into the same folder leaves the first one's writes in progress alone.  One
+    directory listing per output folder.
     """
-    from nlattn.io import temporary_target
+    from nlattn.io import remove_stale_temporary, temporary_target
 
     wanted: dict[str, set[str]] = {}
     for job in jobs:
@@ -404,10 +405,6 @@ def remove_stale_temporaries(jobs: Iterable[Job]) -> list[str]:
                 continue
             if target in names or any(n.startswith(target) for n in names if len(target) >= 96):
                 path = os.path.join(folder, entry)
-                try:
-                    if os.path.isfile(path) and not os.path.islink(path):
-                        os.unlink(path)
-                        removed.append(path)
-                except OSError:
-                    pass
+                if remove_stale_temporary(path):
+                    removed.append(path)
     return removed
