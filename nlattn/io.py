@@ -1010,7 +1010,7 @@ def _folder_error(exc: OSError, name: str) -> OSError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+def atomic_file(path: str | os.PathLike, *, replace: bool = True) -> Iterator[IO[bytes]]:
     """Open a hidden temporary file beside ``path`` for binary writing; on success it is flushed,
     synced and renamed onto ``path``, on any error removed (``path`` is then untouched).
 
@@ -1018,7 +1018,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     (``FileNotFoundError``, ``no such folder``), a path component that is a file
     (``NotADirectoryError``, ``not a folder``), a folder that refuses new files (by the folder's
     name), or ``path`` itself (a folder in the way of the rename, disk full...); their ``errno``
-    and ``strerror`` are the system's.
+    and ``strerror`` are the system's.  With ``replace=False`` the final rename never replaces
+    a file at ``path`` (``FileExistsError`` instead), even one made meanwhile by another process.
     """
     name = _path_str(path)
     ext = os.path.splitext(name)[1]
@@ -1032,7 +1033,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, name)
+        _rename(tmp, name, replace)
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -1048,6 +1049,27 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _rename(tmp: str, name: str, replace: bool) -> None:
+    """``os.replace``, or with ``replace=False`` a rename that never replaces a file: a hard link
+    (which fails when ``name`` exists, atomically) and the temporary name removed; where the
+    file system has no hard links, a check just before ``os.replace``."""
+    if replace:
+        os.replace(tmp, name)
+        return
+    try:
+        os.link(tmp, name)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists already", name) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if os.path.lexists(name):
+            raise FileExistsError(errno.EEXIST, "exists already", name) from None
+        os.replace(tmp, name)
+        return
+    os.unlink(tmp)
 
 
 #: A temporary file younger than this is never taken for a leftover (seconds): it covers the
@@ -1118,14 +1140,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | None = None) -> None:
+def write_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    meta: ImageMeta | None = None,
+    *,
+    replace: bool = True,
+) -> None:
     """Write an image atomically, in its own dtype, re-attaching the alpha channel.
 
     Parameters
     ----------
     path : str or os.PathLike
         The file to write; its extension (any case) chooses the format: ``.png``, ``.jpg`` /
-        ``.jpeg``, ``.tif`` / ``.tiff``, ``.bmp``, ``.webp``. An existing file is replaced.
+        ``.jpeg``, ``.tif`` / ``.tiff``, ``.bmp``, ``.webp``. An existing file is replaced
+        unless ``replace`` is False.
     image : numpy.ndarray
         ``(H, W)`` or ``(H, W, 1)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 2)`` two channels or
         ``(H, W, 4)`` RGB with alpha as the last channel; ``uint8``, ``uint16`` or ``float32``.
@@ -1139,6 +1168,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
         channel of a TIFF, so that a TIFF read and written back keeps its own tagging; its
         ``icc_profile`` is embedded (not in BMP). Its other fields are not used: the format
         comes from ``path``, the dtype from ``image``.
+    replace : bool, default True
+        False: never replace a file, not even one that appears at ``path`` while the image is
+        encoded (another process writing the same name); ``FileExistsError`` then.
 
     Raises
     ------
@@ -1177,5 +1209,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, meta: ImageMeta | No
     data, extra_sample = _prepare(name, fmt, image, meta)
     icc = meta.icc_profile if meta is not None and meta.icc_profile else None
 
-    with atomic_file(name) as f:
+    with atomic_file(name, replace=replace) as f:
         _encode(f, fmt, data, extra_sample, icc)

@@ -447,3 +447,26 @@ def test_a_non_finite_or_collapsed_result_is_an_error_and_not_written(tmp_path, 
         record = process_job(Job(src, str(out), "a.png"), PARAMS)
         assert record["status"] == "error" and "nothing written" in record["error"]
         assert not out.exists() and temporaries(tmp_path) == []
+
+
+def test_an_output_made_meanwhile_by_another_run_is_never_replaced(tmp_path, monkeypatch):
+    import nlattn.batch.job as job_module
+
+    src = save(tmp_path / "a.png")
+    out = tmp_path / "a_d.png"
+    real_denoise = job_module._denoise
+
+    def racing(image, *args):
+        out.write_bytes(b"the other run's output")  # another batch finishes first
+        return real_denoise(image, *args)
+
+    monkeypatch.setattr(job_module, "_denoise", racing)
+    record = process_job(Job(src, str(out), "a.png"), PARAMS, "error")
+    assert record["status"] == "error" and "appeared while" in record["error"]
+    assert out.read_bytes() == b"the other run's output"
+    out.unlink()
+    assert process_job(Job(src, str(out), "a.png"), PARAMS, "skip")["status"] == "skipped"
+    out.unlink()
+    assert process_job(Job(src, str(out), "a.png"), PARAMS, "overwrite")["status"] == "ok"
+    assert out.read_bytes() != b"the other run's output"
+    assert temporaries(tmp_path) == []

@@ -915,3 +915,32 @@ def test_io_module_does_not_import_numba_or_other_nlattn_modules():
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
     assert not any(name.split(".")[0] in ("numba", "nlattn", "") for name in imported), imported
+
+
+def test_write_without_replace_never_replaces(tmp_path):
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    target = tmp_path / "a.png"
+    nio.write_image(target, image, replace=False)
+    before = target.read_bytes()
+    with pytest.raises(FileExistsError, match="exists already"):
+        nio.write_image(target, image + 1, replace=False)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+    nio.write_image(target, image + 1)  # the default replaces
+    assert target.read_bytes() != before
+
+
+def test_a_write_in_progress_is_never_taken_for_a_leftover(tmp_path):
+    target = tmp_path / "a.png"
+    with nio.atomic_file(target) as f:
+        f.write(b"partial")
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        hour_ago = time.time() - 3600
+        os.utime(tmp, (hour_ago, hour_ago))
+        assert not nio.remove_stale_temporary(tmp) and tmp.exists()  # locked by this write
+    assert target.read_bytes() == b"partial"
+    left = tmp_path / ".b.png.0123456789ab.tmp.png"
+    left.write_bytes(b"partial")
+    assert not nio.remove_stale_temporary(left)  # too young to tell
+    os.utime(left, (hour_ago, hour_ago))
+    assert nio.remove_stale_temporary(left) and not left.exists()

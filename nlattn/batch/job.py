@@ -341,7 +341,15 @@ def process_job(
         except OSError as exc:
             raise OSError(f"cannot create the folder {parent}: {_write_reason(exc)}") from None
         try:
-            nlattn.write_image(job.output, denoised, meta=meta)
+            nlattn.write_image(job.output, denoised, meta=meta, replace=policy == "overwrite")
+        except FileExistsError:
+            # made while this job ran: another batch writing the same outputs
+            if policy == "skip":
+                return make_record(job, params, status="skipped")
+            raise OSError(
+                f"output {printable(job.output)} appeared while the image was denoised "
+                "(another run writing the same outputs?): left as it is"
+            ) from None
         except OSError as exc:
             raise OSError(f"cannot write {job.output}: {_write_reason(exc)}") from None
         psnr = ssim = None
