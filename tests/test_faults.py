@@ -470,3 +470,34 @@ def test_an_output_made_meanwhile_by_another_run_is_never_replaced(tmp_path, mon
     assert process_job(Job(src, str(out), "a.png"), PARAMS, "overwrite")["status"] == "ok"
     assert out.read_bytes() != b"the other run's output"
     assert temporaries(tmp_path) == []
+
+
+def test_library_warnings_reach_the_record_not_the_terminal(tmp_path, monkeypatch, capsys):
+    import logging
+    import warnings
+
+    import nlattn.batch.job as job_module
+
+    src = save(tmp_path / "a.png")
+    real_denoise = job_module._denoise
+
+    def noisy(image, *args):
+        warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
+        warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
+        logging.getLogger("tifffile").warning("TiffPage 0: invalid tag\nsecond line")
+        return real_denoise(image, *args)
+
+    monkeypatch.setattr(job_module, "_denoise", noisy)
+    record = process_job(Job(src, str(tmp_path / "a_d.png"), "a.png"), PARAMS)
+    assert record["status"] == "ok"
+    assert record["warning"] == (
+        "TiffPage 0: invalid tag; RuntimeWarning: overflow encountered in cast"
+    )
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    # and the terminal gets it once, as a warning line naming the file
+    result = CliRunner().invoke(cli, ["denoise", src, "-o", str(tmp_path / "o"), "--sigma", "10"])
+    assert result.exit_code == 0
+    assert [line for line in result.stderr.splitlines() if "overflow" in line] == [
+        f"warning: {src}: TiffPage 0: invalid tag; RuntimeWarning: overflow encountered in cast"
+    ]

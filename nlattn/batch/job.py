@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 
 from nlattn.batch._text import one_line, printable
 from nlattn.batch.inputs import Job, _real
@@ -283,7 +286,8 @@ def process_job(
         (one line, or None), ``method``, ``parameters`` (``params`` without the method),
         ``sigma`` (the noise level used), ``seconds`` (wall time of the job), ``psnr``, ``ssim``
         (None without ``reference``), ``warning`` (one line, or None: why PSNR and SSIM are
-        missing when ``reference`` is given).
+        missing when ``reference`` is given, and what the libraries warned about while the
+        job ran: numpy's RuntimeWarning, tifffile's and Pillow's log messages).
 
     Notes
     -----
@@ -298,6 +302,46 @@ def process_job(
     never written, whatever ``policy`` says.  Metrics use the nominal range of the image's dtype
     (255, 65535 or 1.0).
     """
+    with _notes_captured() as notes:
+        record = _run_job(job, params, policy, n_threads, reference, max_memory, force)
+    if notes and record["status"] != "error":
+        shown = "; ".join(dict.fromkeys(notes))
+        record["warning"] = f"{record['warning']}; {shown}" if record["warning"] else shown
+    return record
+
+
+@contextlib.contextmanager
+def _notes_captured() -> Iterator[list[str]]:
+    """Collect, as one-line notes, what the libraries would print while a job runs: Python
+    warnings (numpy's RuntimeWarning) and the log records of the image readers (tifffile,
+    Pillow), so that they reach the user once, in the job's record, not as stray lines."""
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, entry: logging.LogRecord) -> None:
+            notes.append(printable(entry.getMessage().strip().splitlines()[0][:200]))
+
+    handler = Collect(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("tifffile", "PIL")]
+    saved = [(logger.propagate, logger.level) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+        for warning in caught:
+            notes.append(printable(f"{warning.category.__name__}: {warning.message}"))
+    finally:
+        for logger, (propagate, level) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+            logger.setLevel(level)
+
+
+def _run_job(job, params, policy, n_threads, reference, max_memory, force) -> dict:
+    """:func:`process_job` without the capture of warnings."""
     start = time.perf_counter()
     if policy not in POLICIES:
         error = f"policy must be one of {list(POLICIES)}, got {policy!r}"
