@@ -501,3 +501,43 @@ def test_library_warnings_reach_the_record_not_the_terminal(tmp_path, monkeypatc
     assert [line for line in result.stderr.splitlines() if "overflow" in line] == [
         f"warning: {src}: TiffPage 0: invalid tag; RuntimeWarning: overflow encountered in cast"
     ]
+
+
+@POSIX
+def test_two_runs_sharing_an_output_folder_lose_and_clobber_nothing(tmp_path, batch):
+    out_dir = tmp_path / "out"
+    runs = []
+    for i in range(2):
+        log = open(tmp_path / f"log{i}.txt", "wb")
+        runs.append(subprocess.Popen(
+            cli_command("denoise", batch / "in", "-o", out_dir, "--skip-existing", "--json",
+                        *SLOW),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))  # fmt: skip
+    for proc in runs:
+        proc.wait(timeout=300)
+    assert [proc.returncode for proc in runs] == [0, 0]
+    done = {}
+    for i in range(2):
+        for line in open(tmp_path / f"log{i}.txt"):
+            if line.startswith("{"):
+                record = json.loads(line)
+                done.setdefault(record["input"], []).append(record["status"])
+    assert len(done) == 16
+    for statuses in done.values():  # each image written by one run, skipped by the other
+        assert sorted(statuses) == ["ok", "skipped"], statuses
+    assert visible(out_dir) == visible(batch / "expected") and temporaries(out_dir) == []
+    check_outputs_complete(out_dir, batch / "expected")
+
+
+def test_odd_names_go_through(tmp_path):
+    names = ["-dash.png", "ünï cödé.png", "L" * 230 + ".png", "esc\x1b[31mred.png", "a b.png"]
+    for i, name in enumerate(names):
+        save(tmp_path / "in" / name, seed=i)
+    args = ["denoise", "--json", "--sigma", "10", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, [*args, "--", str(tmp_path / "in")])
+    assert result.exit_code == 0, result.output
+    assert sorted(visible(tmp_path / "out")) == sorted(
+        name[:-4] + "_denoised.png" for name in names
+    )
+    assert "\x1b" not in result.stderr
