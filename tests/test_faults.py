@@ -541,3 +541,22 @@ def test_odd_names_go_through(tmp_path):
         name[:-4] + "_denoised.png" for name in names
     )
     assert "\x1b" not in result.stderr
+
+
+def test_an_unreadable_named_input_is_one_error_and_the_others_are_done(tmp_path, monkeypatch):
+    a, locked, b = (save(tmp_path / f"{name}.png", seed=i)
+                    for i, name in enumerate(("a", "locked", "b")))  # fmt: skip
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):  # root reads everything: simulate the refusal
+        if os.fspath(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    result = CliRunner().invoke(cli, ["denoise", a, locked, b, "-o", str(tmp_path / "out"),
+                                      "--sigma", "10"])  # fmt: skip
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "locked.png" in errors[0] and "ermission denied" in errors[0]
+    assert sorted(visible(tmp_path / "out")) == ["a_denoised.png", "b_denoised.png"]
