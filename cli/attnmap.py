@@ -249,8 +249,6 @@ def attnmap(
     feats = None
     if features is not None:
         feats = _load_features(ctx, features, np)
-    if k is not None:
-        _check_k(k, image, pixels.shape, features, None if feats is None else feats.shape)
 
     params = {"window_radius": window_radius} if window_radius is not None else {}
     try:
@@ -317,22 +315,6 @@ def _load_image(ctx: click.Context, path: str, nlattn):
         return check_image("image", pixels)
     except (TypeError, ValueError) as exc:
         _fail(ctx, f"{_printable(path)}: {_reason(exc)}")
-
-
-def _check_k(k: int, image: str, image_shape, features: str | None, features_shape) -> None:
-    """Refuse (exit 2) a -k above the number of keys, with the library's check of k."""
-    from nlattn._validate import check_int
-
-    if features_shape is None:
-        rows, cols = image_shape[:2]
-        keys = f"the {cols}x{rows} pixels of {_printable(image)}"
-    else:
-        rows, cols = features_shape[:2]
-        keys = f"the {cols}x{rows} tokens of {_printable(features)}"
-    try:
-        check_int("k", k, minimum=1, maximum=rows * cols)
-    except (TypeError, ValueError) as exc:
-        raise ParameterError(f"{_option_names(str(exc))} (the number of keys: {keys})") from None
 
 
 def _parse_query(text: str) -> tuple[int, int]:

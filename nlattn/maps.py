@@ -154,9 +154,11 @@ def compare_rows(
         Seed of the randomised methods.
     k : int, optional
         Passed as ``k`` to the methods that take it (top-k matches of ``scram``), and the k of
-        recall@k unless ``recall_k`` is given (the methods that do not take ``k`` ignore it).
+        recall@k unless ``recall_k`` is given (the methods that do not take ``k`` ignore it);
+        at most the number of keys ``H W``.
     recall_k : int, optional
-        k of recall@k (default ``k``, or :data:`DEFAULT_RECALL_K` when both are None).
+        k of recall@k, at most ``H W`` (default ``k``, or :data:`DEFAULT_RECALL_K` when both
+        are None).
     n_threads : int, optional
         Numba threads.
     **params
@@ -172,8 +174,8 @@ def compare_rows(
     Raises
     ------
     TypeError, ValueError
-        On unknown methods, a parameter that none of the methods takes, or the errors of
-        :func:`nlattn.attention_rows`.
+        On unknown methods, a parameter that none of the methods takes, ``k`` or ``recall_k``
+        above the number of keys, or the errors of :func:`nlattn.attention_rows`.
 
     Notes
     -----
@@ -184,14 +186,17 @@ def compare_rows(
 
     names = resolve_methods(methods)
     per_method = _split_params(names, params)
+    # keys that are not a grid are attention_rows' to report: no bound on k until they are
+    n_keys = keys.shape[0] * keys.shape[1] if _is_grid(keys) else None
     if k is not None:
-        k = check_int("k", k, minimum=1)
+        k = check_int("k", k, minimum=1, maximum=n_keys)
         for name in names:
             if "k" in METHODS[name].parameters:
                 per_method[name]["k"] = k
-    if recall_k is None:
+    if recall_k is not None:
+        recall_k = check_int("recall_k", recall_k, minimum=1, maximum=n_keys)
+    else:
         recall_k = k if k is not None else DEFAULT_RECALL_K
-    recall_k = check_int("recall_k", recall_k, minimum=1)
     positions = np.asarray(positions)
     results: dict[str, RowComparison] = {}
     reference = None
@@ -209,6 +214,10 @@ def compare_rows(
         kl = row_kl(reference, rows, per_row=True)
         results[name] = RowComparison(rows, tv, recall, kl, seconds)
     return results
+
+
+def _is_grid(array) -> bool:
+    return isinstance(array, np.ndarray) and array.ndim == 3
 
 
 @dataclass(frozen=True)
@@ -366,7 +375,8 @@ def attention_maps(
         Divides the scores (> 0; default 1): larger is flatter.
     k : int, optional
         Top-k matches of the methods that take ``k``, and the k of recall@k (default
-        :data:`DEFAULT_RECALL_K`).
+        :data:`DEFAULT_RECALL_K`); at most the number of keys: the image's ``H W`` pixels, or
+        the ``Hf Wf`` tokens of ``features``.
     seed : int
         Seed of the randomised methods.
     n_threads : int, optional
@@ -383,7 +393,8 @@ def attention_maps(
     Raises
     ------
     TypeError, ValueError
-        On an invalid image, features, query (naming it), method or parameter.
+        On an invalid image, features, query (naming it), method or parameter (``k`` above
+        the number of keys among them), before any token is built.
 
     Notes
     -----
@@ -403,6 +414,8 @@ def attention_maps(
                 raise ValueError(f"{name} applies to NLM tokens only; leave it None with features")
         features = _check_features(features)
         grid_h, grid_w, dim = features.shape
+        if k is not None:
+            k = check_int("k", k, minimum=1, maximum=grid_h * grid_w)
         queries = keys = features
         scale = 1.0 / np.sqrt(dim) / temp
         grid_positions = np.stack(
@@ -414,6 +427,8 @@ def attention_maps(
     else:
         from nlattn.features import nlm_tokens
 
+        if k is not None:
+            k = check_int("k", k, minimum=1, maximum=height * width)
         patch_radius = 2 if patch_radius is None else check_int(
             "patch_radius", patch_radius, minimum=0, maximum=64
         )

@@ -317,6 +317,34 @@ def test_invalid_arguments_raise(change, error, match):
             nlattn.attention_rows(positions=[(0, 0)], **kwargs)
 
 
+@pytest.mark.parametrize("method", ["scram", "scatterbrain"])
+def test_k_above_the_number_of_keys_raises(method):
+    # nothing is clipped: k = n is the largest k a 4 x 5 grid takes
+    q, k, v = _GOOD
+    n = q.shape[0] * q.shape[1]
+    for call in (lambda **p: nlattn.attention(q, k, v, method, **p),
+                 lambda **p: nlattn.attention_rows(q, k, [(1, 2)], method, **p)):
+        for too_many in (n + 1, 1000):
+            with pytest.raises(ValueError) as raised:
+                call(k=too_many)
+            assert str(raised.value) == f"k must be <= {n}, got {too_many}"
+        with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+            call(k=0)
+        assert np.isfinite(call(k=n)).all()
+    # the bound is the grid's, whatever its shape: a sequence of 3 tokens takes k <= 3
+    row = _tokens((1, 3, 2), 1)
+    with pytest.raises(ValueError, match="k must be <= 3, got 4"):
+        nlattn.attention(*row, method, k=4)
+    assert nlattn.attention(*row, method, k=3).shape == (1, 3, 1)
+
+
+def test_parameter_checks_take_the_number_of_keys():
+    assert PARAMETER_CHECKS["k"](20, 20) == 20
+    with pytest.raises(ValueError, match="k must be <= 20, got 21"):
+        PARAMETER_CHECKS["k"](21, 20)
+    assert PARAMETER_CHECKS["window_radius"](5, 1) == 5  # not a count of keys: no bound by n
+
+
 @pytest.mark.parametrize(
     ("positions", "error", "match"),
     [

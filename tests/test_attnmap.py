@@ -407,14 +407,53 @@ def _no_maps(monkeypatch):
     monkeypatch.setattr(nlattn.maps, "attention_maps", forbidden)
 
 
+def _no_tokens(monkeypatch):
+    """Make building NLM tokens or rows fail the test: the check of k must come before them."""
+    import nlattn.features
+    import nlattn.maps
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("tokens or rows computed before the error")
+
+    monkeypatch.setattr(nlattn.features, "nlm_tokens", forbidden)
+    monkeypatch.setattr(nlattn.maps, "compare_rows", forbidden)
+
+
+def test_maps_refuse_k_above_the_number_of_keys(monkeypatch):
+    import nlattn
+    from nlattn.maps import attention_maps, compare_rows
+
+    q, k, _ = nlattn.nlm_tokens(synthetic_image()[:3, :4], 1, 25.0)  # 12 keys
+    for kwargs, message in (
+        ({"k": 13}, "k must be <= 12, got 13"),
+        ({"recall_k": 13}, "recall_k must be <= 12, got 13"),
+        ({"k": 4, "recall_k": 1000}, "recall_k must be <= 12, got 1000"),
+    ):
+        with pytest.raises(ValueError) as raised:
+            compare_rows(q, k, [[1, 1]], ["exact", "scram"], scale=1.0, **kwargs)
+        assert str(raised.value) == message
+    result = compare_rows(q, k, [[1, 1]], ["exact", "scram"], scale=1.0, k=12, recall_k=12)
+    assert result["scram"].recall[0] == 1.0  # every key found
+    # attention_maps: against the image's H W pixels, or the features' grid, before any token
+    image = synthetic_image()
+    _no_tokens(monkeypatch)
+    with pytest.raises(ValueError) as raised:
+        attention_maps(image, [[0, 0]], "exact", h=25.0, k=H * W + 1)
+    assert str(raised.value) == f"k must be <= {H * W}, got {H * W + 1}"
+    with pytest.raises(ValueError) as raised:
+        attention_maps(image, [[0, 0]], "exact", features=np.ones((4, 5, 2)), k=21)
+    assert str(raised.value) == "k must be <= 20, got 21"
+    monkeypatch.undo()
+    assert attention_maps(image, [[0, 0]], "exact", features=np.ones((4, 5, 2)), k=20).k == 20
+
+
 def test_attnmap_k_above_the_number_of_pixels_is_a_usage_error(tmp_path, monkeypatch):
     src = save(tmp_path / "in.png")
-    _no_maps(monkeypatch)
+    _no_tokens(monkeypatch)
     result = run("attnmap", src, "--query", "1,1", *FAST, "-k", "100000", "-o",
                  tmp_path / "out.png")  # fmt: skip
     line = _one_error_line(result, 2)
-    assert f"-k must be <= {H * W}, got 100000" in line
-    assert f"{W}x{H} pixels" in line
+    assert line.endswith(f"-k must be <= {H * W}, got 100000")  # the library's check, renamed
     assert sorted(os.listdir(tmp_path)) == ["in.png"]
     monkeypatch.undo()
     result = run("attnmap", src, "--query", "1,1", "--method", "exact", *FAST, "-k",
@@ -426,11 +465,12 @@ def test_attnmap_k_above_the_number_of_pixels_is_a_usage_error(tmp_path, monkeyp
 def test_attnmap_k_above_the_number_of_tokens_is_a_usage_error(tmp_path, monkeypatch):
     src = save(tmp_path / "in.png")
     np.save(tmp_path / "f.npy", np.ones((4, 5, 2), np.float32))
-    _no_maps(monkeypatch)
+    _no_tokens(monkeypatch)
     result = run("attnmap", src, "--query", "1,1", "--features", tmp_path / "f.npy", "-k", "21",
                  "-o", tmp_path / "out.png")  # fmt: skip
     line = _one_error_line(result, 2)
-    assert "-k must be <= 20, got 21" in line and "5x4 tokens" in line
+    assert line.endswith("-k must be <= 20, got 21")
+    assert not (tmp_path / "out.png").exists()
 
 
 def _tiff(path, array) -> str:

@@ -19,8 +19,9 @@ parameters are keyword arguments with their defaults in those signatures.  To re
 :class:`MethodInfo` entry to :data:`METHODS` (its ``parameters`` tuple lists the keyword names the
 method accepts).  Parameter values are checked by :data:`PARAMETER_CHECKS` when their name is
 there (a name means the same thing for every method), else by the method's
-module; ``None`` stands for the method's default.  Modules are imported on first use, so
-importing nlattn stays cheap.
+module; ``None`` stands for the method's default.  A value out of range raises, nothing is
+clipped: ``k`` above the number of keys is an error, not ``k = n``.  Modules are imported on
+first use, so importing nlattn stays cheap.
 """
 
 from __future__ import annotations
@@ -116,38 +117,39 @@ METHODS: dict[str, MethodInfo] = {
 }
 
 
-def _check_k(value) -> int:
-    return check_int("k", value, minimum=1)
+def _check_k(value, n_keys: int) -> int:
+    return check_int("k", value, minimum=1, maximum=n_keys)
 
 
-def _check_window_radius(value) -> int:
+def _check_window_radius(value, n_keys: int) -> int:
     return check_int("window_radius", value, minimum=0, maximum=1024)
 
 
-def _check_n_iters(value) -> int:
+def _check_n_iters(value, n_keys: int) -> int:
     return check_int("n_iters", value, minimum=0)
 
 
-def _check_local_radius(value) -> int:
+def _check_local_radius(value, n_keys: int) -> int:
     return check_int("local_radius", value, minimum=0, maximum=1024)
 
 
-def _check_n_features(value) -> int:
+def _check_n_features(value, n_keys: int) -> int:
     return check_int("n_features", value, minimum=1, maximum=1 << 16)
 
 
-def _check_n_hashes(value) -> int:
+def _check_n_hashes(value, n_keys: int) -> int:
     return check_int("n_hashes", value, minimum=1, maximum=256)
 
 
-def _check_bucket_size(value) -> int:
+def _check_bucket_size(value, n_keys: int) -> int:
     return check_int("bucket_size", value, minimum=1, maximum=1 << 16)
 
 
-#: Shared checks of method parameters: name -> function(value) returning the checked value or
-#: raising TypeError/ValueError that names the parameter.  A parameter without an entry is passed
-#: to the method unchecked (its module checks it).
-PARAMETER_CHECKS: dict[str, Callable[[object], object]] = {
+#: Shared checks of method parameters: name -> function(value, n_keys) returning the checked
+#: value or raising TypeError/ValueError that names the parameter; ``n_keys`` is the number of
+#: keys (pixels of the grid), the bound of the parameters that count keys (``k``).  A parameter
+#: without an entry is passed to the method unchecked (its module checks it).
+PARAMETER_CHECKS: dict[str, Callable[[object, int], object]] = {
     "k": _check_k,
     "window_radius": _check_window_radius,
     "n_iters": _check_n_iters,
@@ -176,12 +178,13 @@ def _to_float32(name: str, array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _unchecked(value):
+def _unchecked(value, n_keys: int):
     return value
 
 
-def _check_method(method: str, method_params: dict) -> tuple[str, dict]:
-    """Check ``method`` and its parameters; ``None`` values mean "the method's default"."""
+def _check_method(method: str, method_params: dict, n_keys: int) -> tuple[str, dict]:
+    """Check ``method`` and its parameters on a grid of ``n_keys`` keys; ``None`` values mean
+    "the method's default".  The one place method parameters are resolved."""
     check_choice("method", method, METHODS)
     valid = METHODS[method].parameters
     for key in method_params:
@@ -191,7 +194,7 @@ def _check_method(method: str, method_params: dict) -> tuple[str, dict]:
                 f"{key!r} is not a parameter of attention method {method!r} "
                 f"(its parameters: {accepted})"
             )
-    params = {key: PARAMETER_CHECKS.get(key, _unchecked)(value)
+    params = {key: PARAMETER_CHECKS.get(key, _unchecked)(value, n_keys)
               for key, value in method_params.items() if value is not None}
     return method, params
 
@@ -264,7 +267,8 @@ def attention(
         Numba threads to use (default: all).
     **method_params
         The method's parameters (see ``METHODS[method].parameters``), e.g. ``window_radius``
-        (int >= 0, default 3) for ``"local"``.  ``None`` means the method's default.
+        (int >= 0, default 3) for ``"local"`` or ``k`` (1 <= k <= H W: the number of keys)
+        for ``"scram"``.  ``None`` means the method's default.
 
     Returns
     -------
@@ -278,7 +282,8 @@ def attention(
         lists the ones it does).
     ValueError
         On an argument out of its range (shapes that disagree, NaN or infinite values, scale <=
-        0, an unknown method, scores that would overflow float32).
+        0, an unknown method, a parameter out of its range such as ``k`` above the number of
+        keys ``H W``, scores that would overflow float32).
 
     Notes
     -----
@@ -296,8 +301,8 @@ def attention(
     M. N. Rabe, C. Staats, "Self-attention does not need O(n^2) memory", arXiv:2112.05682, 2021.
     A. Buades, B. Coll, J.-M. Morel, "A non-local algorithm for image denoising", CVPR 2005.
     """
-    method, params = _check_method(method, method_params)
     q, k, scale, seed, n_threads = _check_common(queries, keys, scale, seed, n_threads)
+    method, params = _check_method(method, method_params, q.shape[0] * q.shape[1])
     values = _check_tokens("values", values, "dv")
     if values.shape[:2] != q.shape[:2]:
         raise ValueError(
@@ -383,8 +388,8 @@ def attention_rows(
     ----------
     A. Vaswani et al., "Attention is all you need", NeurIPS 2017.
     """
-    method, params = _check_method(method, method_params)
     q, k, scale, seed, n_threads = _check_common(queries, keys, scale, seed, n_threads)
+    method, params = _check_method(method, method_params, q.shape[0] * q.shape[1])
     pos = _check_positions(positions, q.shape[0], q.shape[1])
     with numba_threads(n_threads):
         return _module(method).rows(q, k, pos, scale, seed, **params)
