@@ -26,6 +26,7 @@ from PIL import Image
 
 from nlattn.batch import Job, collect_inputs, implausible_result, process_job, run_jobs
 from nlattn.batch.runner import Outcome, run_executor
+from tests.test_batch import PARAMS
 from tests.test_killsafe import (
     SLOW,
     check_outputs_complete,
@@ -35,19 +36,10 @@ from tests.test_killsafe import (
     reference_run,
     temporaries,
     visible,
+    wait_for_outputs,
 )
 
 POSIX = pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX signals")
-PARAMS = {
-    "method": "nlm",
-    "sigma": 10.0,
-    "h": None,
-    "patch_radius": 1,
-    "search_radius": 2,
-    "k": None,
-    "seed": 0,
-    "aggregation": "patch",
-}
 
 
 def save(path, seed: int = 0, shape=(20, 24)) -> str:
@@ -78,14 +70,10 @@ def start(tmp_path, *args, env=None) -> tuple[subprocess.Popen, str]:
 
 
 def wait_for(out_dir, count: int, proc: subprocess.Popen, log: str, timeout=120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.isdir(out_dir) and len(visible(out_dir)) >= count:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the batch ended before {count} outputs: {open(log).read()}")
-        time.sleep(0.005)
-    raise AssertionError(f"no {count} outputs after {timeout} s")
+    try:
+        wait_for_outputs(out_dir, count, proc, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {open(log).read()}") from None
 
 
 def workers_of(pid: int) -> list[int]:
