@@ -291,7 +291,7 @@ def test_process_job_reference_metrics(tmp_path):
     record = process_job(Job(src, str(other), "b.png"), PARAMS, "error", None, folder)
     assert record["status"] == "ok" and other.exists()
     assert record["psnr"] is None and record["ssim"] is None
-    assert "no reference image" in record["warning"] and "b.png" in record["warning"]
+    assert "missing" in record["warning"] and "b.png" in record["warning"]
     other.unlink()
     small = save(tmp_path / "small.png", clean[:10])
     record = process_job(Job(src, str(other), "a.png"), PARAMS, "error", None, small)

@@ -119,7 +119,8 @@ def _read_reference(reference: str | None, job: Job, image) -> tuple[object, str
     if os.path.isdir(reference):
         path = os.path.join(reference, *job.relative.split("/"))
     if not os.path.isfile(path):
-        return None, f"no reference image {printable(path)}: PSNR and SSIM not computed"
+        what = "not a regular file" if os.path.lexists(path) else "missing"
+        return None, f"reference image {printable(path)} {what}: PSNR and SSIM not computed"
     try:
         clean, _ = nlattn.read_image(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable reference only costs the metrics
