@@ -9,11 +9,11 @@ from __future__ import annotations
 import click
 
 #: The names of ``nlattn.DENOISE_METHODS``, spelled out so that ``--help`` needs no import of
-#: the library (a test keeps the two equal).
-DENOISE_METHOD_NAMES = (
-    "nlm2",
-    "nlm",
-    "scram",
+#: the library (a test keeps the two equal).  The other attention methods are not denoisers.
+DENOISE_METHOD_NAMES = ("nlm2", "nlm", "scram")
+#: The names of ``nlattn.denoise.ATTENTION_OPERATORS``: attention methods that are not denoisers
+#: (``--method`` says so and where to use them; a test keeps the two equal).
+ATTENTION_OPERATOR_NAMES = (
     "exact",
     "local",
     "performer",
@@ -28,6 +28,23 @@ class ParameterError(click.ClickException):
     """A bad parameter value found after parsing (by the library's checks): one line, exit 2."""
 
     exit_code = 2
+
+
+class DenoiseMethodChoice(click.Choice):
+    """A denoising method; an attention operator is refused with where to use it instead."""
+
+    def __init__(self):
+        super().__init__(DENOISE_METHOD_NAMES)
+
+    def convert(self, value, param, ctx):
+        if value in ATTENTION_OPERATOR_NAMES:
+            self.fail(
+                f"{value!r} is an attention operator, not a denoiser: use `nlattn attnmap "
+                f"--method {value}`; the denoisers are {', '.join(DENOISE_METHOD_NAMES)}",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
 
 
 class SigmaType(click.ParamType):
@@ -105,10 +122,11 @@ def method_option(func):
     """``--method``: the denoising method (choices: ``nlattn.denoise`` methods)."""
     return click.option(
         "--method",
-        type=click.Choice(DENOISE_METHOD_NAMES),
+        type=DenoiseMethodChoice(),
         default="nlm2",
         show_default=True,
-        help="Denoising method (see `nlattn methods` for those available).",
+        help="Denoising method (`nlattn methods` describes them; the other attention methods "
+        "are not denoisers: use them with `nlattn attnmap`).",
     )(func)
 
 

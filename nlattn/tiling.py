@@ -249,13 +249,8 @@ def _global_bytes(method: str, n_pixels: int, n_channels: int, patch_radius: int
 
 def _global_reason(method: str) -> str:
     """Why a denoiser's tiles would not give its untiled result."""
-    from nlattn.denoise import ATTENTION_DENOISERS
-
     if method == "scram":
         return "it is global: PatchMatch matches each pixel with patches anywhere in the image"
-    if method in ATTENTION_DENOISERS:
-        return ("it is global: its tokens are patch vectors reduced by a PCA of the whole image"
-                + ("" if method == "local" else ", and its softmax spans every pixel"))
     return "no tiling rule reproduces it yet"
 
 
@@ -707,17 +702,15 @@ def nl_means_tiled(
     recomputed halos (a few percent for bands a thousand pixels wide); memory: ``max_memory``
     plus the output.
 
-    Global methods (``"scram"``: PatchMatch matches anywhere in the image; the attention
-    denoisers ``"exact"``, ``"local"``, ``"performer"``, ...: PCA of all patches, and for most
-    a softmax over every pixel; and any denoiser without a tiling rule here, such as
-    ``"nlm2"``) cannot be cut into tiles without changing what they compute: a tile would only
-    search itself.  They run on the whole image when their estimated peak
-    memory fits in ``max_memory``, and raise ValueError otherwise.
+    Global methods (``"scram"``: PatchMatch matches anywhere in the image; and any denoiser
+    without a tiling rule here, such as ``"nlm2"``) cannot be cut into tiles without changing
+    what they compute: a tile would only search itself.  They run on the whole image when their
+    estimated peak memory fits in ``max_memory``, and raise ValueError otherwise.
     """
-    from nlattn.denoise import DENOISE_METHODS, nl_means
+    from nlattn.denoise import check_denoise_method, nl_means
 
     image = check_image("image", image)
-    check_choice("method", method, DENOISE_METHODS)
+    check_denoise_method(method)
     budget = default_max_memory() if max_memory is None else check_int(
         "max_memory", max_memory, minimum=MIN_MEMORY)
     n_threads = check_n_threads(n_threads)

@@ -127,6 +127,16 @@ def test_methods_table():
             assert any(line.startswith(name + " ") and info.complexity[:20] in line
                        for line in lines), name
             assert any(", ".join(info.parameters) in line for line in lines)
+    # each attention method says whether it also denoises
+    attention = lines[lines.index(next(x for x in lines if x.startswith("Attention methods"))):]
+    roles = [line.strip() for line in attention if line.strip().startswith(("attention operator",
+                                                                            "also a denoiser"))]
+    expected = ["also a denoiser: nlattn denoise --method scram" if name == "scram"
+                else "attention operator only: not a denoiser" for name in nlattn.METHODS]
+    assert roles == expected
+    summary = " ".join(result.stdout.split("Denoisers: ")[1].split())
+    assert summary.startswith("nlm2, nlm, scram. Attention operators only, not denoisers")
+    assert summary.endswith("exact, local, performer, lsh, scatterbrain, fast, efficient.")
 
 
 def test_warmup_reports_each_kernel_and_total():
@@ -491,11 +501,13 @@ def test_usage_errors(tmp_path, args, needle):
 
 
 def test_cli_method_choices_are_the_library_methods():
-    from nlattn_cli.options import DENOISE_METHOD_NAMES
+    from nlattn_cli.options import ATTENTION_OPERATOR_NAMES, DENOISE_METHOD_NAMES
 
     import nlattn
+    from nlattn.denoise import ATTENTION_OPERATORS
 
-    assert sorted(DENOISE_METHOD_NAMES) == sorted(nlattn.DENOISE_METHODS)
+    assert list(DENOISE_METHOD_NAMES) == list(nlattn.DENOISE_METHODS)
+    assert list(ATTENTION_OPERATOR_NAMES) == list(ATTENTION_OPERATORS)
 
 
 def test_unknown_method_is_a_usage_error(tmp_path):
@@ -582,22 +594,13 @@ def test_max_memory_denoises_in_tiles_with_the_same_result(tmp_path, monkeypatch
     np.testing.assert_array_equal(read(tmp_path / "whole" / name), read(tmp_path / "tiled" / name))
 
 
-def test_exact_refuses_absurd_runs_unless_forced(tmp_path, monkeypatch):
-    import nlattn.tiling
-
-    # any run "takes too long" here, so the refusal is seen on a tiny image
-    monkeypatch.setattr(nlattn.tiling, "MAX_FEASIBLE_SECONDS", 1e-12)
-    save(tmp_path / "a.png", noisy_image(shape=(12, 12)))
-    for budget in ([], ["--max-memory", "1G"]):
-        result = run("denoise", tmp_path / "a.png", "--method", "exact", "--sigma", "10", *budget)
-        assert result.exit_code == 1
-        errors = error_lines(result)
-        assert len(errors) == 1 and "would take about" in errors[0] and "--force" in errors[0]
-        assert not (tmp_path / "a_denoised.png").exists()
-        forced = run(
-            "denoise", tmp_path / "a.png", "--method", "exact", "--sigma", "10", "--force",
-            "--overwrite", *budget,
-        )
-        assert forced.exit_code == 0, forced.output
-        assert (tmp_path / "a_denoised.png").exists()
-        os.remove(tmp_path / "a_denoised.png")
+@pytest.mark.parametrize("method", ["exact", "local", "performer", "lsh", "scatterbrain", "fast",
+                                    "efficient"])
+def test_attention_operators_are_not_denoise_methods(tmp_path, method):
+    src = save(tmp_path / "a.png")
+    result = run("denoise", src, "--method", method, "--sigma", "10")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"{method!r} is an attention operator, not a denoiser" in result.stderr
+    assert f"nlattn attnmap --method {method}" in result.stderr
+    assert not (tmp_path / "a_denoised.png").exists()

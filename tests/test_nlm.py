@@ -241,34 +241,45 @@ def _global_nlm_twin(image, patch_radius, h):
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (7, 6, 3)])
-def test_exact_attention_denoiser_is_global_nlm(shape):
+def test_exact_attention_on_nlm_tokens_is_global_nlm(shape):
+    # what a refused attention operator's message points to: attention over the NLM tokens.
     # 3x3 patches have at most 27 elements and PCA keeps min(16, elements) of them: for the
     # grey image it is a rotation (9 <= 16) and distances are exact
     image = _rng(3).random(shape).astype(np.float32)
-    out = nlattn.nl_means(image, "exact", sigma=0.1, h=0.3, patch_radius=1)
-    assert out.shape == image.shape and out.dtype == image.dtype
+    n_elements = 9 * (1 if len(shape) == 2 else shape[2])
+    queries, keys, values = nlattn.nlm_tokens(image, 1, 0.3, pca=min(16, n_elements))
+    out = nlattn.attention(queries, keys, values, "exact", scale=1.0).reshape(shape)
     if len(shape) == 2:
         np.testing.assert_allclose(out, _global_nlm_twin(image, 1, 0.3), rtol=2e-4, atol=2e-5)
     else:
         assert np.abs(out - _global_nlm_twin(image, 1, 0.3)).max() < 0.05
 
 
-@pytest.mark.parametrize("method", ["local", "fast", "efficient"])
-def test_attention_denoisers_run_and_keep_dtype(method):
-    image = (_rng(4).random((12, 10)) * 255).astype(np.uint8)
-    out = nlattn.nl_means(image, method, sigma=20.0)
-    assert out.shape == image.shape and out.dtype == np.uint8
+def test_denoisers_and_attention_operators():
+    from nlattn.denoise import ATTENTION_OPERATORS
+
+    assert list(nlattn.DENOISE_METHODS) == ["nlm2", "nlm", "scram"]
+    # every attention method is either an operator only or also a denoiser, never both
+    assert set(ATTENTION_OPERATORS) == set(nlattn.METHODS) - {"scram"}
+    assert not set(ATTENTION_OPERATORS) & set(nlattn.DENOISE_METHODS)
 
 
-def test_attention_denoisers_reject_windowed_parameters():
+@pytest.mark.parametrize("method", ["exact", "local", "performer", "lsh", "scatterbrain", "fast",
+                                    "efficient"])
+def test_attention_operators_are_not_denoisers(method):
+    image = _rng(4).random((12, 10)).astype(np.float32)
+    with pytest.raises(ValueError) as info:
+        nlattn.nl_means(image, method, sigma=0.1)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"method {method!r} is an attention operator, not a denoiser" in message
+    assert "nlattn.attention" in message and f"nlattn attnmap --method {method}" in message
+    assert "'nlm2'" not in message and "nlm2, nlm, scram" in message
+
+
+def test_unknown_parameters_raise():
     image = _rng(5).random((8, 8)).astype(np.float32)
-    with pytest.raises(ValueError, match="search_radius"):
-        nlattn.nl_means(image, "exact", sigma=0.1, search_radius=3)
-    with pytest.raises(ValueError, match="aggregation"):
-        nlattn.nl_means(image, "local", sigma=0.1, aggregation="pixel")
-    with pytest.raises(ValueError, match="k is not a parameter"):
-        nlattn.nl_means(image, "exact", sigma=0.1, k=4)
     with pytest.raises(TypeError, match="n_features"):
         nlattn.nl_means(image, "nlm", sigma=0.1, n_features=8)
-    out = nlattn.nl_means(image, "local", sigma=0.1, window_radius=2)
-    assert out.shape == image.shape
+    with pytest.raises(ValueError, match="method must be one of"):
+        nlattn.nl_means(image, "bm3d", sigma=0.1)
