@@ -25,6 +25,10 @@ image, each token a block (``upsample="nearest"``) or smoothly (``"bilinear"``).
 more cells than the panel has pixels is max-pooled for display (each displayed cell shows the
 largest ``weight / max`` it covers), so that isolated keys of very peaked or sparse rows do not
 vanish in the downsampling.
+
+A panel's shape follows the image's up to a ratio of :data:`MAX_PANEL_ASPECT` between its
+sides; a taller or wider image is stretched to the panel (non-square pixels) rather than drawn
+as a sliver, so the figure's size is bounded whatever the image's shape.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nlattn.maps import MapsResult
 
 __all__ = [
+    "MAX_PANEL_ASPECT",
     "SCALINGS",
     "attention_figure",
     "display_image",
@@ -58,6 +63,11 @@ UPSAMPLINGS = ("nearest", "bilinear")
 
 #: Colour of the query marker (stands out against the perceptual colormaps and grey images).
 MARKER_COLOUR = "#00e5ff"
+
+#: Largest ratio of a panel's long side to its short side.  A panel is ``panel_inches`` wide
+#: and ``panel_inches * H / W`` high, that ratio clipped to ``[1 / MAX_PANEL_ASPECT,
+#: MAX_PANEL_ASPECT]``; an image beyond it (a 3000 x 1 strip) is stretched to fill its panel.
+MAX_PANEL_ASPECT = 3.0
 
 
 def display_image(image: np.ndarray, *, grey: bool = True) -> np.ndarray:
@@ -178,7 +188,9 @@ def attention_figure(
     grey : bool
         Draw colour images in grey (see :func:`display_image`).
     panel_inches : float
-        Width of one panel in inches; its height follows the image's aspect ratio.
+        Width of one panel in inches; its height follows the image's aspect ratio, between
+        ``panel_inches / MAX_PANEL_ASPECT`` and ``panel_inches * MAX_PANEL_ASPECT`` (an image
+        beyond is stretched to fill the panel).
     dpi : int
         Dots per inch of the figure (panel width in pixels = ``panel_inches * dpi``).
 
@@ -199,8 +211,11 @@ def attention_figure(
     marked by a cyan ring with a clear inside (and, on a coarser token grid, the query's token
     outlined), a title with the method's name and errors, and a caption with the support size
     and maximum weight.
-    One colourbar per row of panels (all panels share the ``weight / max`` scale).  Cost
-    O(m n_methods (n + Hf Wf)) plus Matplotlib's drawing.
+    One colourbar per row of panels (all panels share the ``weight / max`` scale).  The figure
+    is ``(panel_inches n_methods + 0.9) dpi`` pixels wide and at most
+    ``((MAX_PANEL_ASPECT panel_inches + 0.62) m + 0.4) dpi`` high, whatever the image's shape.
+    Cost O(m n_methods (n + Hf Wf)) plus Matplotlib's drawing (of at most one displayed cell a
+    panel pixel).
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -251,14 +266,18 @@ def attention_figure(
     norm = _norm(scaling, gamma, decades)
     same_grid = (grid_h, grid_w) == (height, width)
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    # the panel's height over its width, clipped: a strip is stretched, not drawn as a sliver
+    panel_aspect = min(max(height / width, 1.0 / MAX_PANEL_ASPECT), MAX_PANEL_ASPECT)
+    stretched = panel_aspect != height / width
+    panel_h = panel_inches * panel_aspect
     # a grid finer than the panel's pixels is max-pooled, so that isolated keys stay visible
-    panel_px = panel_inches * dpi
-    pool = max(1, math.ceil(grid_w / panel_px), math.ceil(grid_h / (panel_px * height / width)))
-    interpolation = "nearest" if same_grid or pool > 1 else upsample
+    pool_h = max(1, math.ceil(grid_h / (panel_h * dpi)))
+    pool_w = max(1, math.ceil(grid_w / (panel_inches * dpi)))
+    interpolation = "nearest" if same_grid or pool_h * pool_w > 1 else upsample
     heat_extent = (
         -0.5,
-        -0.5 + math.ceil(grid_w / pool) * pool * width / grid_w,
-        -0.5 + math.ceil(grid_h / pool) * pool * height / grid_h,
+        -0.5 + math.ceil(grid_w / pool_w) * pool_w * width / grid_w,
+        -0.5 + math.ceil(grid_h / pool_h) * pool_h * height / grid_h,
         -0.5,
     )
     cell_h, cell_w = height / grid_h, width / grid_w
@@ -266,7 +285,6 @@ def attention_figure(
         [(positions[:, 0] * grid_h) // height, (positions[:, 1] * grid_w) // width], axis=1
     )
 
-    panel_h = panel_inches * height / width
     fig_h = (panel_h + 0.62) * n_queries + (0.4 if title else 0.0)
     fig = Figure(
         figsize=(panel_inches * n_methods + 0.9, fig_h),
@@ -286,14 +304,15 @@ def attention_figure(
             shown = row / peak if peak > 0 else row
             ax.imshow(
                 background, cmap="gray", vmin=0.0, vmax=1.0, extent=extent,
-                interpolation="antialiased",
+                interpolation="antialiased", aspect="auto" if stretched else "equal",
             )  # fmt: skip
             # zeros (outside a sparse support) take the lowest colour, like values under the
             # scale's floor; LogNorm would otherwise mask them
             shown = np.where(shown > 0, shown, 10.0**-decades / 10) if scaling == "log" else shown
             mappable = ax.imshow(
-                _max_pool(shown, pool), cmap=cmap, norm=norm, alpha=alpha, extent=heat_extent,
-                interpolation=interpolation,
+                _max_pool(shown, pool_h, pool_w), cmap=cmap, norm=norm, alpha=alpha,
+                extent=heat_extent, interpolation=interpolation,
+                aspect="auto" if stretched else "equal",
             )  # fmt: skip
             if not same_grid:
                 gy, gx = grid_pos[i]
@@ -332,14 +351,14 @@ def attention_figure(
     return fig
 
 
-def _max_pool(values: np.ndarray, pool: int) -> np.ndarray:
-    """Largest value of each ``pool x pool`` block (the last blocks padded with zeros)."""
-    if pool == 1:
+def _max_pool(values: np.ndarray, pool_h: int, pool_w: int) -> np.ndarray:
+    """Largest value of each ``pool_h x pool_w`` block (the last blocks padded with zeros)."""
+    if pool_h == pool_w == 1:
         return values
     grid_h, grid_w = values.shape
-    padded = np.zeros((math.ceil(grid_h / pool) * pool, math.ceil(grid_w / pool) * pool))
+    padded = np.zeros((math.ceil(grid_h / pool_h) * pool_h, math.ceil(grid_w / pool_w) * pool_w))
     padded[:grid_h, :grid_w] = values
-    blocks = padded.reshape(padded.shape[0] // pool, pool, padded.shape[1] // pool, pool)
+    blocks = padded.reshape(padded.shape[0] // pool_h, pool_h, padded.shape[1] // pool_w, pool_w)
     return blocks.max(axis=(1, 3))
 
 

@@ -118,6 +118,34 @@ def test_figure_grid_size_and_titles():
     assert len(fig.axes) == 2 * 3 + 2
 
 
+@pytest.mark.parametrize("shape", [(3000, 1), (1, 3000), (2, 2000), (H, W)])
+def test_figure_size_is_bounded_whatever_the_image_shape(shape):
+    from nlattn.render import MAX_PANEL_ASPECT
+
+    # a 3000 x 1 strip once made a 390 x 900102 pixel figure: the panel's sides are now at most
+    # MAX_PANEL_ASPECT apart, the strip stretched to fill it
+    rows = np.zeros((2, 2) + shape)
+    rows[:, :, shape[0] // 2, shape[1] // 2] = 1.0
+    panel_inches, dpi = 3.0, 100
+    fig = attention_figure(_grey(shape), rows, [[0, 0], [shape[0] - 1, shape[1] - 1]],
+                           ["exact", "b"], panel_inches=panel_inches, dpi=dpi)  # fmt: skip
+    picture = figure_to_array(fig)
+    # the documented bound: (panel_inches n_methods + 0.9) dpi by
+    # ((MAX_PANEL_ASPECT panel_inches + 0.62) m + 0.4) dpi
+    assert picture.shape[1] <= (panel_inches * 2 + 0.9) * dpi
+    assert picture.shape[0] <= ((MAX_PANEL_ASPECT * panel_inches + 0.62) * 2 + 0.4) * dpi
+    # no panel is a sliver: each side at least about 1 / MAX_PANEL_ASPECT of the panel width
+    for ax in fig.axes[:4]:
+        box = ax.get_window_extent()
+        assert min(box.width, box.height) > 0.8 * panel_inches * dpi / MAX_PANEL_ASPECT
+        assert max(box.width, box.height) / min(box.width, box.height) < 1.2 * MAX_PANEL_ASPECT
+    # the (max-pooled) heatmap shows the single key of each row
+    heat = fig.axes[0].get_images()[1].get_array()
+    assert heat.shape[0] <= MAX_PANEL_ASPECT * panel_inches * dpi
+    assert heat.shape[1] <= panel_inches * dpi
+    assert np.isclose(heat.max(), 1.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -534,6 +562,21 @@ def test_attnmap_odd_but_valid_images(tmp_path, name):
     assert rows.shape == (1, 1) + pixels.shape[:2]
     np.testing.assert_allclose(rows.sum(axis=(2, 3)), 1.0, atol=1e-5)
     assert read(out).ndim == 3
+
+
+@pytest.mark.parametrize("shape", [(3000, 1), (1, 3000)])
+def test_attnmap_on_a_strip_is_quick_and_small(tmp_path, shape):
+    import time
+
+    src = save(tmp_path / "strip.png", _grey(shape))
+    start = time.perf_counter()
+    result = run("attnmap", src, "--query", "0,0", "--method", "exact,local", "--patch-radius",
+                 "1", "-o", tmp_path / "out.png")  # fmt: skip
+    seconds = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    height, width = read(tmp_path / "out.png").shape[:2]
+    assert height <= 1100 and width <= 700  # not 900102 pixels high
+    assert seconds < 30  # was 61 s and 12 GB
 
 
 def _fifo(path) -> str:
