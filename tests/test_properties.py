@@ -87,7 +87,7 @@ def method_params(method, queries, scale):
     if method == "local":
         return st.fixed_dictionaries({"window_radius": st.integers(0, 3)})
     if method == "scram":
-        return st.fixed_dictionaries({"k": st.integers(1, n + 2),
+        return st.fixed_dictionaries({"k": st.integers(1, n),
                                       "window_radius": st.integers(0, 1),
                                       "n_iters": st.integers(0, 2)})
     if method == "performer":
@@ -100,7 +100,7 @@ def method_params(method, queries, scale):
                                       "support": st.sampled_from(["local", "lsh", "patchmatch"]),
                                       "window_radius": st.integers(0, 2),
                                       "bucket_size": st.integers(1, n + 2),
-                                      "k": st.integers(1, n + 2)})
+                                      "k": st.integers(1, n)})
     if method == "fast":
         return st.fixed_dictionaries({"p": st.sampled_from([1, 2] if scale <= 1.0 else [2]),
                                       "normalization": st.sampled_from(["unit", "max"])})
