@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = ["one_line", "printable"]
 
-#: Control characters and their escapes (``\n`` in a file name must not split an error line).
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)}
+#: Control characters (C0, DEL, C1) and their escapes: ``\n`` in a file name must not split an
+#: error line.  The command line, which must not import the library to print a usage error,
+#: keeps the same table (``nlattn_cli.attnmap``).
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), *range(127, 160))}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
