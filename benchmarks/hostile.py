@@ -437,25 +437,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cluster(w: Path):
+def _cluster(r: Runner, w: Path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port),
          "--no-dashboard"], cwd=w, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True, env=r.env,
     )  # fmt: skip
     worker = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
          "--no-nanny", "--no-dashboard"], cwd=w, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        stderr=subprocess.DEVNULL, start_new_session=True, env=r.env,
     )  # fmt: skip
     return address, scheduler, worker
 
 
 def _dask_loss(r: Runner, w: Path, victim: str) -> dict:
     images(w / "in", 16)
-    address, scheduler, worker = _cluster(w)
+    address, scheduler, worker = _cluster(r, w)
     env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}
     try:
         proc, log = r.start(w, "denoise", str(w / "in"), "-o", str(w / "out"), *SLOW,
