@@ -330,3 +330,96 @@ def test_channel_sigmas_of_colour():
     sigmas = noise.channel_sigmas(image)
     np.testing.assert_allclose(sigmas, [5.0, 10.0, 20.0], rtol=0.1)
     assert noise.estimate_sigma(image) == pytest.approx(np.mean(sigmas))
+
+
+# ------------------------------------------------------------- images of any magnitude
+
+
+def _unit_noisy(shape, seed=23):
+    """A noisy picture in [0, 1] reaching 1, on a grid of 2**-16 (no value of it or of it
+    scaled by 2**-100 in float32 is subnormal)."""
+    clean = _scene(shape[0])[:, : shape[1]] / 255.0
+    if len(shape) == 3:
+        clean = np.stack([clean, clean[::-1], clean[:, ::-1]], axis=-1)
+    noisy = np.clip(clean + _rng(seed).normal(0, 0.1, clean.shape), 0.0, 1.0)
+    noisy = np.round(noisy * 2**16) / 2**16
+    noisy.flat[0] = 1.0
+    return noisy
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("method", list(nlattn.DENOISE_METHODS))
+@pytest.mark.parametrize(("dtype", "shape"), [(np.float32, (40, 36)), (np.float64, (32, 30, 3))])
+@pytest.mark.parametrize("exponent", [100, -100])
+def test_huge_and_tiny_images_give_the_scaled_result(method, dtype, shape, exponent):
+    # non-local means is equivariant to scaling the image with sigma and h: an image out of
+    # float32's range is denoised scaled into it, exactly, and no overflow warning escapes
+    image = _unit_noisy(shape).astype(dtype)
+    scaled = np.ldexp(image, exponent)
+    for sigma in (0.1, None):
+        expected = np.ldexp(nlattn.nl_means(image, method, sigma=sigma), exponent)
+        got = nlattn.nl_means(scaled, method,
+                              sigma=None if sigma is None else np.ldexp(sigma, exponent))
+        assert got.dtype == dtype and np.isfinite(got).all()
+        np.testing.assert_array_equal(got, expected)
+    expected = np.ldexp(nlattn.nl_means(image, method, sigma=0.1, h=0.07), exponent)
+    got = nlattn.nl_means(scaled, method, sigma=np.ldexp(0.1, exponent),
+                          h=np.ldexp(0.07, exponent))
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("exponent", [900, -900])
+def test_float64_beyond_float32_gives_the_scaled_result(exponent):
+    image = _unit_noisy((32, 32))
+    scaled = np.ldexp(image, exponent)
+    for method in nlattn.DENOISE_METHODS:
+        expected = np.ldexp(nlattn.nl_means(image, method), exponent)
+        np.testing.assert_array_equal(nlattn.nl_means(scaled, method), expected)
+    assert noise.estimate_sigma(scaled) == np.ldexp(noise.estimate_sigma(image), exponent)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("method", list(nlattn.DENOISE_METHODS))
+def test_float32_image_scaled_by_1e30_is_denoised(method):
+    # the report: a float32 TIFF with values up to 1e30 came back all NaN
+    clean = (_scene(48) / 255.0).astype(np.float32)
+    noisy = (clean + _rng(24).normal(0, 0.1, clean.shape)).astype(np.float32)
+    for scale in (np.float32(1e30), np.float32(1e-30)):
+        out = nlattn.nl_means(noisy * scale, method)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+        error = np.mean((out / scale - clean) ** 2)
+        assert error < 0.25 * np.mean((noisy - clean) ** 2)
+
+
+def test_images_in_range_are_not_rescaled():
+    image = _unit_noisy((16, 16))
+    for scale in (1.0, 255.0, 65535.0, 2.0**40, 2.0**-40):
+        assert noise.value_exponent(image * scale) == 0
+    assert noise.value_exponent(np.zeros((4, 4))) == 0
+    assert noise.value_exponent((image * 2.0**63).astype(np.uint64)) == 63
+    assert noise.value_exponent(image * 2.0**41) == 41
+    assert noise.value_exponent(-image * 2.0**-41) == -41
+    assert noise.value_exponent(image * 3.0**30) == 48  # 3**30 = 1.6 * 2**47
+    assert noise.value_exponent(image, 2.0**50) == 50  # sigma or h count too
+    from nlattn.denoise import data_range
+
+    assert data_range(image) == 1.0 and data_range(image * 255) == 255.0
+    assert data_range(np.ldexp(image, 100)) == 2.0**100
+    assert data_range(np.ldexp(image, -100)) == 2.0**-100
+
+
+def test_h_too_small_for_a_huge_image_raises_one_line():
+    image = _unit_noisy((16, 16)).astype(np.float32) * np.float32(1e30)
+    with pytest.raises(ValueError, match=r"^h must be > 0 next to the image's largest value"):
+        nlattn.nl_means(image, "nlm", sigma=1e29, h=1e-300)
+
+
+@pytest.mark.filterwarnings("error")
+def test_integers_near_their_dtype_maximum_do_not_wrap():
+    for dtype in (np.int32, np.uint32, np.uint64):
+        top = np.iinfo(dtype).max
+        image = np.full((12, 12), top, dtype)
+        image[::2] = top // 2
+        out = nlattn.nl_means(image, "nlm", sigma=float(top) / 20)
+        assert out.dtype == dtype and out.min() >= top // 4  # no wrap to negative or zero

@@ -9,6 +9,8 @@ aggregation and PatchMatch-global NLM ``"scram"``, all with presets from the noi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from nlattn._methods import MethodInfo
@@ -22,7 +24,7 @@ from nlattn._validate import (
     numba_threads,
 )
 from nlattn.attention import METHODS as _ATTENTION_METHODS
-from nlattn.denoise.noise import estimate_sigma
+from nlattn.denoise.noise import estimate_sigma, value_exponent
 from nlattn.denoise.presets import nlm2_preset, nlm_preset
 from nlattn.denoise.skimage_compat import denoise_nl_means
 
@@ -93,20 +95,49 @@ def data_range(image: np.ndarray) -> float:
     """Nominal range of an image's values: the integer dtype's maximum, else 1 or 255.
 
     Float images are taken to be in [0, 1] when every value lies within [-1, 2] (noise may push
-    a [0, 1] image slightly outside it), else in [0, 255].
+    a [0, 1] image slightly outside it), else in [0, 255]; a float image out of float32's safe
+    range (largest magnitude ``M`` outside ``[2**-40, 2**40]``, :func:`value_exponent`) is
+    taken to be in [0, 2**e], ``2**e`` the power of two with ``M`` in (2**(e - 1), 2**e].
     """
     if np.issubdtype(image.dtype, np.integer):
         return float(np.iinfo(image.dtype).max)
+    exponent = value_exponent(image)
+    if exponent:
+        return math.ldexp(1.0, exponent)
     lo, hi = float(image.min()), float(image.max())
     return 1.0 if (lo >= -1.0 and hi <= 2.0) else 255.0
 
 
-def _from_planar(planar: np.ndarray, like: np.ndarray) -> np.ndarray:
+def _from_planar(planar: np.ndarray, like: np.ndarray, exponent: int = 0) -> np.ndarray:
+    """The image of ``like``'s layout and dtype from a planar result; ``exponent``: the result
+    is in units of ``2**exponent`` of ``like``'s (:func:`value_exponent`)."""
     out = planar[0] if like.ndim == 2 else np.moveaxis(planar, 0, -1)
-    if np.issubdtype(like.dtype, np.integer):
+    integer = np.issubdtype(like.dtype, np.integer)
+    if exponent:
+        out = out.astype(np.float64 if integer else like.dtype)
+        if exponent > 0 and not integer:  # the dtype's largest finite value, in these units
+            limit = np.ldexp(np.finfo(like.dtype).max, -exponent)
+            out = np.clip(out, -limit, limit, out=out)
+        with np.errstate(under="ignore"):
+            out = np.ldexp(out, exponent, out=out)
+    if integer:
         info = np.iinfo(like.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
+        top = out.dtype.type(info.max)
+        if int(top) > info.max:  # rounded up (int32 in float32, int64 in float64): step down
+            top = np.nextafter(top, out.dtype.type(0))
+        out = np.clip(np.rint(out), info.min, top)
     return np.ascontiguousarray(out, dtype=like.dtype)
+
+
+def _in_work_units(name: str, value: float | None, exponent: int) -> float | None:
+    """``value`` (``sigma`` or ``h`` in the image's units, checked) times ``2**-exponent``."""
+    if value is None or not exponent:
+        return value
+    scaled = math.ldexp(value, -exponent)  # at most 1: the exponent accounts for the value
+    if value > 0.0 and scaled == 0.0:
+        raise ValueError(f"{name} must be > 0 next to the image's largest value (its ratio to it "
+                         f"must be at least 2**-1074), got {value}")
+    return scaled
 
 
 def nl_means(
@@ -174,8 +205,9 @@ def nl_means(
     Raises
     ------
     TypeError, ValueError
-        On an invalid image or parameter (the message names it and its valid range), and on
-        an attention method that is not a denoiser (:data:`ATTENTION_OPERATORS`).
+        On an invalid image or parameter (the message names it and its valid range), on an
+        attention method that is not a denoiser (:data:`ATTENTION_OPERATORS`), and on a
+        positive ``sigma`` or ``h`` below ``2**-1074`` times the image's largest value.
 
     Notes
     -----
@@ -190,6 +222,16 @@ def nl_means(
     through :func:`data_range` to pick one.  With ``sigma == 0`` and ``h`` not given there is
     nothing to remove and a copy of the image is returned (``"nlm2"``: whatever ``h``).  The
     result is identical at any thread count.
+
+    The kernels compute in float32.  An image whose largest magnitude (or ``sigma``, or ``h``)
+    lies outside ``[2**-40, 2**40]`` (:func:`nlattn.denoise.noise.value_exponent`), where squared
+    patch distances and ``h**2`` would overflow or sink into subnormals, is denoised multiplied
+    by the power of two ``2**-e`` that brings it into (0.5, 1], with ``sigma`` and ``h`` scaled
+    alike, and the result multiplied back by ``2**e``: non-local means is equivariant to that
+    scaling, so the result is that of the scaled image, exactly, up to the scale (its nominal
+    range, :func:`data_range`, being ``2**e``).  A result beyond the float dtype's largest
+    finite value (``"nlm2"`` may overshoot an image that reaches it) is clipped to it.  Images
+    within the range are not touched.
 
     References
     ----------
@@ -207,17 +249,42 @@ def nl_means(
     check_choice("aggregation", aggregation, AGGREGATIONS)
     check_seed(seed)
     n_threads = check_n_threads(n_threads)
+    if sigma is not None:
+        sigma = check_float("sigma", sigma, minimum=0.0)
+    if h is not None:
+        h = check_float("h", h, minimum=0.0, strict_minimum=True)
+    # out of float32's safe range: denoise the image times 2**-exponent, sigma and h alike
+    exponent = value_exponent(image, *(value for value in (sigma, h) if value is not None))
+    value_range = math.ldexp(data_range(image), -exponent)
+    work = image
+    if exponent:
+        with np.errstate(under="ignore"):
+            work = np.ldexp(image, -exponent, dtype=np.result_type(image, np.float32))
+        sigma = _in_work_units("sigma", sigma, exponent)
+        h = _in_work_units("h", h, exponent)
     if method == "nlm2":
-        return _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
-                             n_threads)
+        planar = _nlm2_denoise(work, sigma, h, patch_radius, search_radius, k, aggregation,
+                               n_threads, value_range)
+    else:
+        planar = _nlm_denoise(work, method, sigma, h, patch_radius, search_radius, k, seed,
+                              aggregation, n_threads, value_range)
+    if planar is None:  # nothing to remove
+        return image.copy()
+    return _from_planar(planar, image, exponent)
+
+
+def _nlm_denoise(image, method, sigma, h, patch_radius, search_radius, k, seed, aggregation,
+                 n_threads, value_range) -> np.ndarray | None:
+    """Windowed NLM (``"nlm"``), with PatchMatch neighbours (``"scram"``): the planar result,
+    None when there is nothing to remove."""
     if method == "nlm" and k is not None:
         raise ValueError(f"k is not a parameter of method {method!r}; leave it None")
     if method == "scram":
         k = SCRAM_K if k is None else check_int("k", k, minimum=1, maximum=256)
     sigma, patch_radius, search_radius, h = resolve_nlm_parameters(
-        image, sigma, h, patch_radius, search_radius)
+        image, sigma, h, patch_radius, search_radius, value_range=value_range)
     if h == 0.0:
-        return image.copy()
+        return None
 
     from nlattn.denoise.nlm import nlm_windowed
     from nlattn.features import to_planar
@@ -226,25 +293,27 @@ def nl_means(
         extra = None
         if method == "scram":
             extra = _patchmatch_neighbours(image, patch_radius, k, seed)
-        planar = nlm_windowed(to_planar(image), patch_radius, search_radius, h, sigma,
-                              aggregation, extra)
-    return _from_planar(planar, image)
+        return nlm_windowed(to_planar(image), patch_radius, search_radius, h, sigma,
+                            aggregation, extra)
 
 
 def resolve_nlm_parameters(image: np.ndarray, sigma: float | None, h: float | None,
-                           patch_radius: int | None, search_radius: int | None
-                           ) -> tuple[float, int, int, float]:
+                           patch_radius: int | None, search_radius: int | None, *,
+                           value_range: float | None = None) -> tuple[float, int, int, float]:
     """The checked ``(sigma, patch_radius, search_radius, h)`` that windowed NLM uses.
 
     ``sigma=None`` is estimated with :func:`estimate_sigma`; the others default to the preset
-    for ``sigma`` (in 8-bit grey levels through :func:`data_range`).  A returned ``h`` of 0
-    (no noise and no ``h`` given) means there is nothing to remove.
+    for ``sigma`` in 8-bit grey levels: ``sigma * 255 / value_range``, ``value_range`` the
+    image's nominal range (default :func:`data_range`).  A returned ``h`` of 0 (no noise and no
+    ``h`` given) means there is nothing to remove.
     """
     if sigma is None:
         sigma = estimate_sigma(image)
     sigma = check_float("sigma", sigma, minimum=0.0)
+    if value_range is None:
+        value_range = data_range(image)
     n_channels = 1 if image.ndim == 2 else image.shape[2]
-    preset = nlm_preset(sigma * 255.0 / data_range(image), n_channels)
+    preset = nlm_preset(sigma * 255.0 / value_range, n_channels)
     patch_radius = check_int("patch_radius", preset.patch_radius if patch_radius is None
                              else patch_radius, minimum=0, maximum=64)
     search_radius = check_int("search_radius", preset.search_radius if search_radius is None
@@ -256,9 +325,10 @@ def resolve_nlm_parameters(image: np.ndarray, sigma: float | None, h: float | No
     return sigma, patch_radius, search_radius, h
 
 
-def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
-                  n_threads) -> np.ndarray:
-    """``nl_means`` with ``method="nlm2"`` (two stages: NLM pilot, collaborative Wiener)."""
+def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation, n_threads,
+                  value_range) -> np.ndarray | None:
+    """``nl_means`` with ``method="nlm2"`` (two stages: NLM pilot, collaborative Wiener): the
+    planar result, None when there is nothing to remove."""
     from nlattn.denoise.nlm2 import nlm2_planar
     from nlattn.features import to_planar
 
@@ -266,7 +336,7 @@ def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
         sigma = estimate_sigma(image)
     sigma = check_float("sigma", sigma, minimum=0.0)
     n_channels = 1 if image.ndim == 2 else image.shape[2]
-    scale = 255.0 / data_range(image)
+    scale = 255.0 / value_range
     preset = nlm2_preset(sigma * scale, n_channels)
     patch_radius = preset.pilot_patch_radius if patch_radius is None else patch_radius
     search_radius = preset.search_radius if search_radius is None else search_radius
@@ -277,7 +347,7 @@ def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
     if h is not None:
         h = check_float("h", h, minimum=0.0, strict_minimum=True)
     if sigma == 0.0:  # no noise: both stages would give the image back
-        return image.copy()
+        return None
     if h is None:
         h = preset.pilot_h_over_sigma * sigma
     planar = to_planar(image) * np.float32(scale)  # a new array: the input stays untouched
@@ -287,7 +357,7 @@ def _nlm2_denoise(image, sigma, h, patch_radius, search_radius, k, aggregation,
                           preset.step, search_radius, k, preset.n_coefs, preset.tau,
                           preset.beta)
     out /= np.float32(scale)
-    return _from_planar(out, image)
+    return out
 
 
 def _patchmatch_neighbours(image: np.ndarray, patch_radius: int, k: int, seed: int) -> np.ndarray:

@@ -29,6 +29,8 @@ float32 copy of one channel.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -57,6 +59,44 @@ SELECTION_BIAS = 0.9094
 MIN_PATCHES = 4 * PATCH * PATCH
 _MAX_ROUNDS = 10
 _TOLERANCE = 1e-3
+#: Images whose largest magnitude lies outside ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` are
+#: scaled by a power of two before any float32 arithmetic (:func:`value_exponent`).
+SAFE_EXPONENT = 40
+
+
+def value_exponent(image: np.ndarray, *magnitudes: float) -> int:
+    """The power of two that brings an image into float32's safe range, 0 when it is there.
+
+    Parameters
+    ----------
+    image : ndarray
+        A checked integer or float image.
+    *magnitudes : float
+        Further values in the image's units that the arithmetic squares (``sigma``, ``h``).
+
+    Returns
+    -------
+    int
+        0 when ``M``, the largest of the image's magnitudes and ``magnitudes``, is 0 or lies in
+        ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]``; else the ``e`` with ``M * 2**-e`` in
+        (0.5, 1].
+
+    Notes
+    -----
+    Squared differences of values of float32 overflow above about ``2**64`` and lose their
+    precision to subnormals below about ``2**-63``; within the safe range they, sums of
+    thousands of them and ``1 / h**2`` are normal float32 numbers.  Scaling by a power of two
+    is exact (outside the subnormals) and every step of the denoisers is equivariant to it, so
+    the result is the same up to the scale.  O(n) time, no copy.
+    """
+    low, high = image.min(), image.max()
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = float(low), float(high)  # abs() of the smallest int64 would overflow
+    top = max(abs(low), abs(high), *(abs(m) for m in magnitudes))
+    if top == 0 or 2.0 ** -SAFE_EXPONENT <= top <= 2.0 ** SAFE_EXPONENT:
+        return 0
+    mantissa, exponent = np.frexp(top)  # top = mantissa * 2**exponent, mantissa in [0.5, 1)
+    return int(exponent) - 1 if mantissa == 0.5 else int(exponent)
 
 
 def immerkaer_sigma(channel: np.ndarray) -> float:
@@ -215,12 +255,20 @@ def channel_sigmas(image: np.ndarray) -> list[float]:
 
     Notes
     -----
-    The estimator of :func:`estimate_sigma`, channel by channel.
+    The estimator of :func:`estimate_sigma`, channel by channel.  An image out of float32's
+    safe range (:func:`value_exponent`) is measured scaled by a power of two and the estimates
+    scaled back: the same result up to the scale.
     """
     image = check_image("image", image)
+    exponent = value_exponent(image)
+    if exponent:  # out of the safe range: estimate on the image times 2**-exponent
+        with np.errstate(under="ignore"):
+            image = np.ldexp(image, -exponent, dtype=np.result_type(image, np.float32))
     if image.ndim == 2:
-        return [_channel_sigma(image)]
-    return [_channel_sigma(image[:, :, c]) for c in range(image.shape[2])]
+        sigmas = [_channel_sigma(image)]
+    else:
+        sigmas = [_channel_sigma(image[:, :, c]) for c in range(image.shape[2])]
+    return [math.ldexp(sigma, exponent) for sigma in sigmas]
 
 
 def estimate_sigma(image: np.ndarray) -> float:
@@ -246,7 +294,9 @@ def estimate_sigma(image: np.ndarray) -> float:
     Weak-texture patch selection and the eigenvalues of the kept patches' covariance (module
     notes): within 7 % of the truth on Set12 for sigma 5 to 50.  An image without noise (a
     constant or an affine ramp) gives 0.  O(n) time per round (a few rounds, 25**2 / 2
-    operations per kept patch), O(n) memory (a float32 copy of a channel).
+    operations per kept patch), O(n) memory (a float32 copy of a channel).  An image out of
+    float32's range is measured scaled by a power of two (:func:`channel_sigmas`): the same
+    estimate up to the scale.
 
     References
     ----------
