@@ -78,12 +78,6 @@ DEMO_FILES = ("demo_noisy.png", "demo_denoised.png")
     help="Memory budget per image (bytes, or with K, M, G: 512M, 2G): large images are "
     "denoised in tiles that fit it.",
 )
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Run a method even where its time on an image would be absurd (exact on large "
-    "images) instead of refusing.",
-)
 @json_option
 @click.option(
     "--reference",
@@ -123,7 +117,6 @@ def denoise(
     n_threads: int | None,
     scheduler: str | None,
     max_memory: int | None,
-    force: bool,
     as_json: bool,
     reference: str | None,
     demo: bool,
@@ -177,7 +170,6 @@ def denoise(
                 "reference",
                 "scheduler",
                 "max_memory",
-                "force",
             )
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         ]
@@ -265,7 +257,6 @@ def denoise(
                 reference=reference,
                 scheduler=scheduler,
                 max_memory=max_memory,
-                force=force,
                 on_record=reporter.record,
             )
     except SchedulerError as exc:

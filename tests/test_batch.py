@@ -360,8 +360,6 @@ def test_run_jobs_checks_the_new_arguments(tmp_path):
     jobs, _ = collect_inputs([str(tmp_path)])
     with pytest.raises(ValueError, match="max_memory must be >= 65536"):
         run_jobs(jobs, params=PARAMS, max_memory=1000)
-    with pytest.raises(TypeError, match="force must be a bool"):
-        run_jobs(jobs, params=PARAMS, force=1)
     assert not (tmp_path / "a_denoised.png").exists()
 
 

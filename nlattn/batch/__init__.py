@@ -87,7 +87,6 @@ def iter_records(
     reference: str | None = None,
     scheduler=None,
     max_memory: int | None = None,
-    force: bool = False,
 ) -> Iterator[tuple[int, dict]]:
     """Run jobs and yield ``(index, record)`` pairs as the jobs complete.
 
@@ -103,8 +102,6 @@ def iter_records(
         from nlattn.tiling import MIN_MEMORY
 
         max_memory = check_int("max_memory", max_memory, minimum=MIN_MEMORY)
-    if not isinstance(force, bool):
-        raise TypeError(f"force must be a bool, got {type(force).__name__} {force!r}")
     if scheduler is not None:
         if n_jobs != 1:
             raise ValueError(f"n_jobs must be 1 when a scheduler is given, got {n_jobs}")
@@ -127,7 +124,6 @@ def iter_records(
         "n_threads": n_threads,
         "reference": reference,
         "max_memory": max_memory,
-        "force": force,
     }
     # jobs already in error need no worker
     for i, job in enumerate(jobs):
@@ -156,7 +152,6 @@ def run_jobs(
     reference: str | None = None,
     scheduler=None,
     max_memory: int | None = None,
-    force: bool = False,
     on_record: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run a batch of jobs, one record each; one bad file does not stop the batch.
@@ -183,8 +178,6 @@ def run_jobs(
     max_memory : int or None, default None
         Memory budget per image in bytes: images are denoised in tiles that fit it (see
         :func:`process_job`).
-    force : bool, default False
-        Run methods whose time would be absurd on an image instead of refusing them.
     on_record : callable or None, default None
         Called with each record as its job completes (completion order).
 
@@ -235,7 +228,6 @@ def run_jobs(
         reference=reference,
         scheduler=scheduler,
         max_memory=max_memory,
-        force=force,
     ):
         records[i] = record
         if on_record is not None:

@@ -221,12 +221,8 @@ def _estimate_sigma(image, max_memory: int | None) -> float:
     return float(estimate_sigma_bounded(image, max_memory))
 
 
-def _denoise(image, params: dict, n_threads: int | None, max_memory: int | None, force: bool):
-    """Denoise one image: :func:`nlattn.nl_means`, tiled under a memory budget when one is given.
-
-    Quadratic-time methods (``exact``) are refused on images where they would take absurdly
-    long unless ``force`` (:func:`nlattn.tiling.check_feasible`).
-    """
+def _denoise(image, params: dict, n_threads: int | None, max_memory: int | None):
+    """Denoise one image: :func:`nlattn.nl_means`, tiled under a memory budget when one is given."""
     import nlattn
     from nlattn import tiling
 
@@ -234,13 +230,7 @@ def _denoise(image, params: dict, n_threads: int | None, max_memory: int | None,
     method = kwargs.pop("method", "nlm")
     if max_memory is not None:
         return tiling.nl_means_tiled(
-            image, method, max_memory=max_memory, force=force, n_threads=n_threads, **kwargs
-        )
-    if method in tiling.QUADRATIC_METHODS:
-        n_channels = 1 if image.ndim == 2 else image.shape[2]
-        tiling.check_feasible(
-            method, image.shape[0] * image.shape[1], dv=n_channels, n_threads=n_threads,
-            force=force,
+            image, method, max_memory=max_memory, n_threads=n_threads, **kwargs
         )
     return nlattn.nl_means(image, method, **kwargs, n_threads=n_threads)
 
@@ -253,7 +243,6 @@ def process_job(
     reference: str | None = None,
     *,
     max_memory: int | None = None,
-    force: bool = False,
 ) -> dict:
     """Denoise one image: read, :func:`nlattn.nl_means`, write; never raises.
 
@@ -276,10 +265,6 @@ def process_job(
         Memory budget in bytes: the image is denoised in tiles that fit it
         (:func:`nlattn.tiling.nl_means_tiled`; the result is that of the untiled denoiser for
         the windowed methods).  None: in one piece.
-    force : bool, default False
-        Run methods whose time on this image would be absurd (``exact`` on large images)
-        instead of refusing them.
-
     Returns
     -------
     dict
@@ -304,7 +289,7 @@ def process_job(
     (255, 65535 or 1.0).
     """
     with _notes_captured() as notes:
-        record = _run_job(job, params, policy, n_threads, reference, max_memory, force)
+        record = _run_job(job, params, policy, n_threads, reference, max_memory)
     if notes and record["status"] != "error":
         shown = "; ".join(dict.fromkeys(notes))
         record["warning"] = f"{record['warning']}; {shown}" if record["warning"] else shown
@@ -341,7 +326,7 @@ def _notes_captured() -> Iterator[list[str]]:
             logger.setLevel(level)
 
 
-def _run_job(job, params, policy, n_threads, reference, max_memory, force) -> dict:
+def _run_job(job, params, policy, n_threads, reference, max_memory) -> dict:
     """:func:`process_job` without the capture of warnings."""
     start = time.perf_counter()
     if policy not in POLICIES:
@@ -375,7 +360,7 @@ def _run_job(job, params, policy, n_threads, reference, max_memory, force) -> di
         if sigma is None:
             sigma = _estimate_sigma(image, max_memory)
         kwargs["sigma"] = sigma
-        denoised = _denoise(image, kwargs, n_threads, max_memory, force)
+        denoised = _denoise(image, kwargs, n_threads, max_memory)
         implausible = implausible_result(denoised, image)
         if implausible is not None:
             raise ValueError(f"{implausible}; nothing written")
