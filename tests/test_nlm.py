@@ -283,3 +283,20 @@ def test_unknown_parameters_raise():
         nlattn.nl_means(image, "nlm", sigma=0.1, n_features=8)
     with pytest.raises(ValueError, match="method must be one of"):
         nlattn.nl_means(image, "bm3d", sigma=0.1)
+
+
+@pytest.mark.parametrize("method", ["nlm", "nlm2", "scram"])
+def test_tiny_h_is_its_limit_not_nan(method):
+    """h far below the image's resolution (1/h**2 beyond float32) gives the limit of small h,
+    as h = 1e-8 does, with no overflow warning."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(120, 25, (24, 28)), 0, 255).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = nlattn.nl_means(image, method, sigma=10.0, h=1e-8)
+        tiny = nlattn.nl_means(image, method, sigma=10.0, h=1e-30)
+        tinier = nlattn.nl_means(image.astype(np.float32) * 1e-35, method, sigma=1e-34, h=1e-70)
+    np.testing.assert_array_equal(tiny, small)
+    assert np.isfinite(tinier).all()

@@ -461,6 +461,19 @@ def _extra_patchwise(padded, pad, height, width, f, extra, extra_w, inv_c, num):
                                                                   jx + tx + pad]
 
 
+#: ``h`` is used no smaller than this fraction of the image's largest magnitude (nor than
+#: ``2**-60``): below it every patch but the query's own, and its exact copies, weighs
+#: ``exp(-d**2 / h**2) = 0`` in float32 already, so the result (the input) is the same, while
+#: ``1 / h**2`` would overflow float32 and turn the query's own weight into NaN (``0 * inf``).
+SMALLEST_RELATIVE_H = 2.0**-50
+
+
+def smallest_h(planar: np.ndarray) -> float:
+    """The smallest ``h`` the kernels use on ``planar`` (see ``SMALLEST_RELATIVE_H``)."""
+    top = float(np.abs(planar).max()) if planar.size else 0.0
+    return max(top * SMALLEST_RELATIVE_H, 2.0**-60)
+
+
 def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: float,
                  sigma: float, aggregation: str, extra: np.ndarray | None = None) -> np.ndarray:
     """Run windowed NLM on a float32 planar image ``(C, H, W)``; returns ``(C, H, W)`` float32.
@@ -477,7 +490,7 @@ def nlm_windowed(planar: np.ndarray, patch_radius: int, search_radius: int, h: f
     )
     norm = np.float32(1.0 / (n_ch * (2 * f + 1) ** 2))
     two_sigma2 = np.float32(2.0 * sigma * sigma)
-    inv_h2 = np.float32(1.0 / (h * h))
+    inv_h2 = np.float32(1.0 / max(h, smallest_h(planar)) ** 2)
     strip = strip_rows(f, s)
     den = np.zeros((height, width), np.float64)
     wmax = np.zeros((height, width), np.float32)
