@@ -341,6 +341,13 @@ def absurd_h(r, w):
     records = [json.loads(line) for line in seen["out"].splitlines()]
     if not records or records[0]["status"] != "ok":
         problems.append(f"refused: {records[0]['error'] if records else seen['err'][-200:]}")
+    elif records[0].get("warning"):
+        problems.append(f"warned: {records[0]['warning']}")
+    else:
+        out = np.asarray(Image.open(w / records[0]["output"]), np.float64)
+        noisy = np.asarray(Image.open(w / "in" / "im00.png"), np.float64)
+        if np.abs(out - noisy).mean() > 12:  # sigma 10: no more change than the noise itself
+            problems.append(f"garbage: mean change {np.abs(out - noisy).mean():.1f}")
     return verdict({"rc": seen["rc"]}, problems)
 
 
