@@ -209,10 +209,10 @@ def run_jobs(
     process dies is run once more on a fresh worker (on Dask: as often as the scheduler's
     ``allowed-failures``); if it kills that one too, its record names it.  A Dask batch whose
     cluster has no worker left, or whose scheduler is lost, ends after
+    ``distributed.scheduler.no-workers-timeout`` (when set) or
     ``distributed.comm.timeouts.connect`` with an error record for every unfinished job.
-    Results do not depend
-    on the executor, ``n_jobs`` or ``n_threads``: each image is denoised by the same
-    deterministic kernels.  Before the jobs run, temporary files left by interrupted writes of
+    Results do not depend on the executor, ``n_jobs`` or ``n_threads``: each image is denoised
+    by the same deterministic kernels.  Before the jobs run, temporary files left by interrupted writes of
     their outputs are removed (:func:`remove_stale_temporaries`).  Time: the sum of the jobs'
     times divided by about the number of workers, plus worker start-up (each worker imports
     nlattn and loads the compiled kernels from the cache).

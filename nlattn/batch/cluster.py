@@ -4,8 +4,9 @@ The scheduler places the tasks and reschedules those of a worker that dies (up t
 ``distributed.scheduler.allowed-failures``); a task that kills that many workers comes back as
 ``KilledWorker`` and is reported by name.  What the scheduler does not do, this executor does:
 it notices when no worker is left, or the scheduler itself is lost, and then ends the batch
-within ``distributed.comm.timeouts.connect`` (30 s by default) with every unfinished image
-named, instead of waiting forever.  ``distributed``'s own log lines (tracebacks of lost
+after ``distributed.scheduler.no-workers-timeout`` (when set) or
+``distributed.comm.timeouts.connect`` (30 s by default) with every unfinished image named,
+instead of waiting forever.  ``distributed``'s own log lines (tracebacks of lost
 connections) are held back while the batch runs: what they say reaches the user as records.
 """
 
@@ -42,6 +43,10 @@ DASK_INSTALL = "pip install 'nlattn[dask]'"
 
 #: Seconds a first TCP connection to the scheduler may take before it is declared unreachable.
 CONNECT_SECONDS = 5.0
+
+#: Seconds a finished task's record (a small dict) may take to come back; longer, and the
+#: worker holding it is gone.
+RESULT_SECONDS = 2.0
 
 
 class MissingDependencyError(ImportError):
@@ -141,12 +146,28 @@ def _probe(address: str) -> None:
         ) from None
 
 
-def _timeout_seconds() -> float:
-    """``distributed.comm.timeouts.connect`` in seconds (the patience for a lost cluster)."""
+def _timeout_seconds() -> tuple[float, str]:
+    """How long a cluster without workers (or without its scheduler) is waited for, and the
+    setting that says so: ``distributed.scheduler.no-workers-timeout`` when it is set, else
+    ``distributed.comm.timeouts.connect``."""
     import dask
     from dask.utils import parse_timedelta
 
-    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
+    for name in ("distributed.scheduler.no-workers-timeout", "distributed.comm.timeouts.connect"):
+        value = dask.config.get(name, None)
+        if value is not None:
+            return float(parse_timedelta(value, "s")), name
+    return 30.0, "default"
+
+
+def _info_interval() -> float:
+    """``distributed.client.scheduler-info-interval``: how stale the client's list of workers
+    may be, in seconds."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get("distributed.client.scheduler-info-interval", "2s")
+    return float(parse_timedelta(value, "s"))
 
 
 def distributed_loggers() -> list[logging.Logger]:
@@ -279,7 +300,8 @@ class DaskExecutor:
                 self.address = scheduler.strip()
                 _probe(self.address)
                 self.client = _connect(distributed, self.address)
-            self.timeout = _timeout_seconds()
+            self.timeout, self.timeout_setting = _timeout_seconds()
+            self.info_interval = _info_interval()
             self.host_slots = _host_slots(self.client)
         except BaseException:
             self._logs.__exit__(None, None, None)
@@ -325,7 +347,7 @@ class DaskExecutor:
             status = future.status
             if status == "finished":
                 try:
-                    record = future.result(timeout=self.timeout)
+                    record = future.result(timeout=RESULT_SECONDS)
                 except Exception:  # noqa: BLE001 - the record was lost with its worker
                     problem = self._problem() or "its worker or the scheduler was lost"
                     lost = f"its record did not come back from the Dask cluster: {problem}"
@@ -350,11 +372,13 @@ class DaskExecutor:
             return None
         now = time.monotonic()
         if self.unhealthy_since is None:
-            self.unhealthy_since = now
+            # the client learns of the workers every scheduler-info-interval: the problem may
+            # be that old already
+            self.unhealthy_since = now - self.info_interval
         waited = now - self.unhealthy_since
         if waited < self.timeout:
             return None
-        return f"not finished: {problem} (waited {waited:.0f} s, distributed.comm.timeouts.connect)"
+        return f"not finished: {problem} (waited {waited:.0f} s, {self.timeout_setting})"
 
     def _problem(self) -> str | None:
         status = getattr(self.client, "status", "running")
@@ -415,4 +439,6 @@ def _task_error(future) -> str:
         return f"the Dask task failed ({one_line(problem)})"
     if type(exc).__name__ == "KilledWorker":
         return "it killed every Dask worker it ran on (distributed.scheduler.allowed-failures)"
+    if type(exc).__name__ == "NoValidWorkerError":
+        return "not finished: no Dask worker left (distributed.scheduler.no-workers-timeout)"
     return f"worker failed: {one_line(exc)}"
