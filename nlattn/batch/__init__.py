@@ -212,10 +212,10 @@ def run_jobs(
     ``distributed.scheduler.no-workers-timeout`` (when set) or
     ``distributed.comm.timeouts.connect`` with an error record for every unfinished job.
     Results do not depend on the executor, ``n_jobs`` or ``n_threads``: each image is denoised
-    by the same deterministic kernels.  Before the jobs run, temporary files left by interrupted writes of
-    their outputs are removed (:func:`remove_stale_temporaries`).  Time: the sum of the jobs'
-    times divided by about the number of workers, plus worker start-up (each worker imports
-    nlattn and loads the compiled kernels from the cache).
+    by the same deterministic kernels.  Before the jobs run, temporary files left by
+    interrupted writes of their outputs are removed (:func:`remove_stale_temporaries`).
+    Time: the sum of the jobs' times divided by about the number of workers, plus worker
+    start-up (each worker imports nlattn and loads the compiled kernels from the cache).
     """
     jobs = list(jobs)
     records: list[dict | None] = [None] * len(jobs)
