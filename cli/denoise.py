@@ -362,9 +362,15 @@ class _Reporter:
         if self.use_bar:
             from tqdm import tqdm
 
+            # a terminal that reports no size (some consoles): tqdm would draw nothing
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except (OSError, ValueError):
+                size = os.terminal_size((0, 0))
+            sized = size.columns > 0 and size.lines > 0
             self.bar = tqdm(
                 total=self.total, desc="denoising", unit="image", file=sys.stderr, leave=True,
-                dynamic_ncols=True,
+                dynamic_ncols=sized, ncols=None if sized else 80, nrows=None if sized else 24,
             )  # fmt: skip
             threading.Thread(target=self._tick, name="nlattn-progress", daemon=True).start()
         return self

@@ -548,3 +548,33 @@ def test_an_unreadable_named_input_is_one_error_and_the_others_are_done(tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "locked.png" in errors[0] and "ermission denied" in errors[0]
     assert sorted(visible(tmp_path / "out")) == ["a_denoised.png", "b_denoised.png"]
+
+
+@POSIX
+def test_progress_bar_on_a_terminal_even_with_json(tmp_path):
+    import pty
+
+    for i in range(3):
+        save(tmp_path / "in" / f"im{i}.png", seed=i, shape=(60, 60))
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        cli_command("denoise", tmp_path / "in", "-o", tmp_path / "out", "--sigma", "10",
+                    "--json"),
+        stdout=subprocess.PIPE, stderr=child, stdin=child,
+    )  # fmt: skip
+    os.close(child)
+    stdout, _ = proc.communicate(timeout=120)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.returncode == 0
+    terminal = seen.decode(errors="replace")
+    assert "denoising" in terminal and "3/3" in terminal, terminal
+    assert [json.loads(line)["status"] for line in stdout.decode().splitlines()] == ["ok"] * 3
