@@ -147,7 +147,9 @@ def test_warmup_reports_each_kernel_and_total():
     lines = result.stdout.splitlines()
     assert lines[-1].startswith("total") and lines[-1].endswith(" s")
     assert len(lines) >= 2
-    kernels = nlattn.warmup()  # cached now: the same names, quickly
+    steps = []
+    kernels = nlattn.warmup(on_step=lambda name, seconds: steps.append((name, seconds)))
+    assert steps == list(kernels.items())  # each group reported as soon as it is done
     for name in kernels:
         assert any(line.startswith(name) for line in lines)
 
