@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -138,9 +139,10 @@ def _probe(address: str) -> None:
             f"({exc.strerror or exc})"
         ) from None
     except OSError as exc:
-        reason = exc.strerror or one_line(exc) if not isinstance(exc, TimeoutError) else (
-            f"no answer in {CONNECT_SECONDS:g} s"
-        )
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer in {CONNECT_SECONDS:g} s"
+        else:
+            reason = exc.strerror or one_line(exc)
         raise SchedulerError(
             f"cannot connect to the Dask scheduler at {address}: {reason}"
         ) from None
@@ -290,8 +292,8 @@ class DaskExecutor:
     def __init__(self, scheduler, params: dict, options: dict) -> None:
         import distributed
 
-        self._logs = _distributed_logs_held()
-        self._logs.__enter__()
+        self._held = contextlib.ExitStack()  # distributed's log lines, until close()
+        self._held.enter_context(_distributed_logs_held())
         self.own_client = isinstance(scheduler, str)
         self.address = scheduler if self.own_client else getattr(scheduler, "scheduler", None)
         self.client = scheduler
@@ -304,7 +306,7 @@ class DaskExecutor:
             self.info_interval = _info_interval()
             self.host_slots = _host_slots(self.client)
         except BaseException:
-            self._logs.__exit__(None, None, None)
+            self._held.close()
             raise
         self.params = params
         reference = options.get("reference")
@@ -409,7 +411,7 @@ class DaskExecutor:
                 with contextlib.suppress(Exception):
                     self.client.close(timeout=CONNECT_SECONDS)
         finally:
-            self._logs.__exit__(None, None, None)
+            self._held.close()
 
 
 def _connect(distributed, address: str):
@@ -417,17 +419,13 @@ def _connect(distributed, address: str):
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None  # a half-made client's __del__ complains
     try:
-        return distributed.Client(
-            address, set_as_default=False, timeout=CONNECT_SECONDS * 2
-        )
+        return distributed.Client(address, set_as_default=False, timeout=CONNECT_SECONDS * 2)
     except (OSError, TimeoutError, ValueError) as exc:
         raise SchedulerError(
             f"cannot connect to the Dask scheduler at {address}: {one_line(exc)}"
         ) from None
     finally:
-        import gc
-
-        gc.collect()
+        gc.collect()  # the half-made client goes now, while its complaint is ignored
         sys.unraisablehook = hook
 
 

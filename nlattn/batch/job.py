@@ -282,11 +282,11 @@ def process_job(
     another shape costs the job its metrics (a warning), never its output.  A result that is
     not finite, or constant for a non-constant input, is an error and is not written
     (:func:`implausible_result`).  Nothing is written for a job that fails:
-    :func:`nlattn.write_image` writes a
-    hidden temporary file and renames it, so a write that fails (disk full, permission denied)
-    or is interrupted (``kill -9``) never leaves a partial output.  The input is only read,
-    never written, whatever ``policy`` says.  Metrics use the nominal range of the image's dtype
-    (255, 65535 or 1.0).
+    :func:`nlattn.write_image` writes a hidden temporary file and renames it, so a write that
+    fails (disk full, permission denied) or is interrupted (``kill -9``) never leaves a partial
+    output, and it never replaces an output that another run made meanwhile unless ``policy``
+    is ``overwrite``.  The input is only read, never written, whatever ``policy`` says.
+    Metrics use the nominal range of the image's dtype (255, 65535 or 1.0).
     """
     with _notes_captured() as notes:
         record = _run_job(job, params, policy, n_threads, reference, max_memory)
@@ -309,7 +309,7 @@ def _notes_captured() -> Iterator[list[str]]:
 
     handler = Collect(logging.WARNING)
     loggers = [logging.getLogger(name) for name in ("tifffile", "PIL")]
-    saved = [(logger.propagate, logger.level) for logger in loggers]
+    propagates = [logger.propagate for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
         logger.propagate = False
@@ -320,10 +320,9 @@ def _notes_captured() -> Iterator[list[str]]:
         for warning in caught:
             notes.append(printable(f"{warning.category.__name__}: {warning.message}"))
     finally:
-        for logger, (propagate, level) in zip(loggers, saved, strict=True):
+        for logger, propagate in zip(loggers, propagates, strict=True):
             logger.removeHandler(handler)
             logger.propagate = propagate
-            logger.setLevel(level)
 
 
 def _run_job(job, params, policy, n_threads, reference, max_memory) -> dict:
