@@ -33,6 +33,7 @@ from tests.test_killsafe import (
     cli_command,
     group_alive,
     make_inputs,
+    process_table,
     reference_run,
     temporaries,
     visible,
@@ -78,21 +79,8 @@ def wait_for(out_dir, count: int, proc: subprocess.Popen, log: str, timeout=120.
 
 def workers_of(pid: int) -> list[int]:
     """The batch's worker processes (its children but the multiprocessing resource tracker)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] not in "ZX" and b"resource_tracker" not in command:
-            found.append(int(entry))
-    return found
+    return [child for child, state, parent, _, command in process_table()
+            if parent == pid and state not in ("Z", "X") and b"resource_tracker" not in command]
 
 
 def end_group(pgid: int) -> list[int]:

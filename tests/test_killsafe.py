@@ -100,22 +100,28 @@ def wait_for_outputs(out_dir, count: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"no {count} outputs after {timeout} s")
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Processes of a process group that are still running (zombies excluded); Linux /proc."""
-    alive = []
+def process_table() -> list[tuple[int, str, int, int, bytes]]:
+    """``(pid, state, parent pid, process group, command line)`` of every process; Linux /proc."""
+    table = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            alive.append(int(entry))
-    return alive
+        table.append((int(entry), fields[0], int(fields[1]), int(fields[2]), command))
+    return table
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies excluded)."""
+    return [pid for pid, state, _, group, _ in process_table()
+            if group == pgid and state not in ("Z", "X")]  # fmt: skip
 
 
 def check_outputs_complete(out_dir, expected_dir) -> None:
