@@ -608,29 +608,17 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS), ids=repr)
 def test_attnmap_unusable_files_are_one_line_file_errors(tmp_path, monkeypatch, name):
-    import threading
+    import contextlib
+
+    from tests.test_io import fifo_rescued
 
     make, reason = BAD_INPUTS[name]
     if name == "fifo.png" and not hasattr(os, "mkfifo"):
         pytest.skip("needs os.mkfifo")
     src = make(tmp_path / name)
-    done = threading.Event()
-
-    def rescue():  # a reader blocked on a FIFO would hang the suite: give it a writer
-        while not done.wait(0.1):
-            try:
-                os.close(os.open(src, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
-
-    rescuer = threading.Thread(target=rescue, daemon=True)
-    if name == "fifo.png":
-        rescuer.start()
     _no_maps(monkeypatch)
-    try:
+    with fifo_rescued(src) if name == "fifo.png" else contextlib.nullcontext():
         result = run("attnmap", src, "--query", "0,0", *FAST, "-o", tmp_path / "out.png")
-    finally:
-        done.set()
     line = _one_error_line(result, 1)
     assert line.startswith("error: ") and reason in line, line
     assert repr(src)[1:-1] in line  # the name, control characters escaped

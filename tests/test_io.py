@@ -6,6 +6,7 @@ Every file is made on the fly under tmp_path; the images are tiny so the suite r
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import io
 import os
@@ -675,27 +676,35 @@ def test_missing_empty_directory_text_and_unsupported(tmp_path):
     _check_read_error(tmp_path / "gif.png", "not a supported image")
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
-def test_fifo_is_refused_at_once(tmp_path):
-    fifo = tmp_path / "fifo.png"
-    os.mkfifo(fifo)
+@contextlib.contextmanager
+def fifo_rescued(path):
+    """While the block runs, keep giving the FIFO ``path`` a writer: a reader that blocks on it
+    (the defect under test) then fails instead of hanging the suite."""
     done = threading.Event()
 
-    def rescue():  # a reader blocked on the FIFO would hang the suite: give it a writer
+    def rescue():
         while not done.wait(0.1):
             try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 pass
 
     rescuer = threading.Thread(target=rescue, daemon=True)
-    start = time.monotonic()
     rescuer.start()
     try:
-        _check_read_error(fifo, "not a regular file", "fifo")
+        yield
     finally:
         done.set()
         rescuer.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with fifo_rescued(fifo):
+        _check_read_error(fifo, "not a regular file", "fifo")
     assert time.monotonic() - start < 5
 
 

@@ -106,15 +106,12 @@ def iter_records(
         if n_jobs != 1:
             raise ValueError(f"n_jobs must be 1 when a scheduler is given, got {n_jobs}")
         if isinstance(scheduler, str):
-            if not scheduler.strip():
-                raise ValueError("scheduler must be a Dask scheduler address, got ''")
+            check_scheduler_address(scheduler)  # '' included
         elif not hasattr(scheduler, "submit"):
             raise TypeError(
                 "scheduler must be an address (str) or a distributed.Client, got "
                 f"{type(scheduler).__name__}"
             )
-        if isinstance(scheduler, str):
-            check_scheduler_address(scheduler)
         else:
             require_dask()
     jobs = check_jobs(jobs)

@@ -470,7 +470,7 @@ SMALLEST_RELATIVE_H = 2.0**-50
 
 def smallest_h(planar: np.ndarray) -> float:
     """The smallest ``h`` the kernels use on ``planar`` (see ``SMALLEST_RELATIVE_H``)."""
-    top = float(np.abs(planar).max()) if planar.size else 0.0
+    top = max(-float(planar.min()), float(planar.max())) if planar.size else 0.0
     return max(top * SMALLEST_RELATIVE_H, 2.0**-60)
 
 
